@@ -1,0 +1,232 @@
+"""The job file: a YAML document validated by pydantic.
+
+Every field has a description (shown by ``pairforge run --help-config``); an unknown or wrong field
+fails with the file name, the dotted field path and what was expected. The resolved config is
+written beside the output as ``job.resolved.yaml``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A job file that cannot be used; the message names the file and the field."""
+
+
+class JobError(RuntimeError):
+    """A job that cannot start or finish for a reason the user can fix (message says how)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceConfig(_Strict):
+    kind: Literal["demo", "captions", "images", "parquet"] = Field(
+        "demo", description="demo: bundled scikit-image photos with our captions; captions: a .txt "
+        "(one caption per line) or .jsonl file; images: a folder of images with an optional "
+        "captions.jsonl; parquet: a Parquet file with a caption column and optional image column.")
+    path: str | None = Field(None, description="File or folder of the source (not used by demo). "
+                             "On a cluster it must be readable from every node.")
+    caption_column: str = Field("caption", description="Caption field in .jsonl / Parquet rows.")
+    image_column: str = Field("image", description="Image field in Parquet rows (HF Image struct or bytes).")
+    task_column: str = Field("task", description="Optional per-row task field; when present it overrides the task mix.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N source rows.")
+    repeats: int = Field(1, ge=1, le=1000, description="Samples drawn per source row (attempt 0..repeats-1); "
+                         "each attempt has its own seed, plan and LLM request.")
+
+    @model_validator(mode="after")
+    def _path_needed(self):
+        if self.kind != "demo" and not self.path:
+            raise ValueError(f"source.path is required for source kind {self.kind!r}")
+        return self
+
+
+class LaunchConfig(_Strict):
+    python: str = Field(".venv-llm/bin/python", description="Python of the LLM environment (deploy/setup_llm_env.sh); relative to the repo root.")
+    model_dir: str = Field("models/smollm2-135m-instruct", description="Model folder the launched server loads; relative to the repo root.")
+    port: int = Field(0, ge=0, le=65535, description="Port on 127.0.0.1; 0 picks a free one.")
+    startup_timeout_s: float = Field(300, gt=0, description="Seconds to wait for the server's health check.")
+    extra_args: list[str] = Field(default_factory=list, description="Extra arguments for vllm's api_server.")
+
+
+class LLMConfig(_Strict):
+    backend: Literal["vllm-openai", "vllm-engine", "transformers"] = Field(
+        "vllm-openai", description="vllm-openai: an OpenAI-compatible vLLM server (url, or launched by the job); "
+        "vllm-engine: vllm.LLM inside each stage actor (vLLM installed beside the pipeline); "
+        "transformers: in-process fallback.")
+    model: str = Field("smollm2-135m-instruct", description="Model name served / reported in provenance.")
+    url: str | None = Field(None, description="Base URL of a running server, e.g. http://host:8000/v1. "
+                            "Empty with backend vllm-openai: the job launches one (see launch).")
+    api_key: str | None = Field(None, description="Bearer token for the server, if it needs one.")
+    model_path: str | None = Field(None, description="Local model folder for the vllm-engine / transformers backends.")
+    launch: LaunchConfig = Field(default_factory=LaunchConfig, description="How the job starts its own vLLM server.")
+    engine_kwargs: dict = Field(default_factory=dict, description="Extra vllm.LLM kwargs (e.g. tensor_parallel_size) for vllm-engine.")
+    temperature: float = Field(0.9, ge=0, le=2, description="Sampling temperature (the paper uses 0.9).")
+    top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling mass (the paper uses 0.9).")
+    max_tokens: int = Field(160, ge=8, le=4096, description="Completion token limit per answer.")
+    structured_output: bool = Field(True, description="Ask the server to constrain answers to the task's JSON schema.")
+    retries: int = Field(2, ge=0, le=10, description="Extra attempts (new seed) after an invalid answer before the sample is rejected.")
+    concurrency: int = Field(16, ge=1, le=1024, description="Requests in flight per actor.")
+    timeout_s: float = Field(120, gt=0, description="Per-request timeout.")
+    keep_fraction: float = Field(0.6, gt=0, le=1, description="Fraction of exemplars kept in each prompt (paper: 60%).")
+    cache: bool = Field(True, description="Cache answers by a hash of the request so reruns replay them.")
+    cache_dir: str | None = Field(None, description="Answer cache folder; default OUT/llm_cache.")
+
+
+class StageResources(_Strict):
+    actors: int = Field(1, ge=1, le=4096, description="Actor pool size.")
+    num_cpus: float = Field(0.5, ge=0, description="CPUs reserved per actor.")
+    num_gpus: float = Field(0, ge=0, description="GPUs reserved per actor.")
+    batch_size: int = Field(16, ge=1, le=100000, description="Rows per batch handed to an actor.")
+    resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources per actor, "
+                                        "e.g. {llm_host: 0.1} to place the stage on nodes started with that resource.")
+
+
+class StagesConfig(_Strict):
+    instruct: StageResources = Field(default_factory=lambda: StageResources(actors=1, num_cpus=0.25, batch_size=32),
+                                     description="LLM stage (the client; the server has its own resources).")
+    load: StageResources = Field(default_factory=lambda: StageResources(actors=1, num_cpus=0.25, batch_size=8),
+                                 description="Image load and validation stage.")
+    cpu: StageResources = Field(default_factory=lambda: StageResources(actors=1, num_cpus=0.5, batch_size=8),
+                                description="Cheap CPU pair generators (color, ...).")
+    filter: StageResources = Field(default_factory=lambda: StageResources(actors=1, num_cpus=0.5, batch_size=8),
+                                   description="Filter stage.")
+
+
+class FilterConfig(_Strict):
+    enabled: bool = Field(True, description="Run the filters; off keeps every generated pair (scores still computed).")
+    min_change_l1: float = Field(0.008, ge=0, le=1, description="color: mean |x−y|/255 below this is 'no_visible_change'.")
+    max_clipped_frac: float = Field(0.35, ge=0, le=1, description="color: output fraction of clipped pixels above this is rejected.")
+
+
+class OutputConfig(_Strict):
+    path: str = Field("out/demo", description="Output folder (local or shared filesystem); `--out` overrides it.")
+    rows_per_shard: int = Field(64, ge=1, le=1_000_000, description="Samples per shard; shard k holds samples k·N … (k+1)·N−1 of the plan.")
+    write_rejects: bool = Field(True, description="Write rejected samples to rejects/ with their reason.")
+    image_format: Literal["png"] = Field("png", description="Encoding of stored images.")
+    max_side: int = Field(512, ge=32, le=4096, description="Input images are resized so the longer side is at most this.")
+
+
+class RayConfig(_Strict):
+    address: str | None = Field(None, description="Ray address; empty starts an embedded local Ray "
+                                "(or joins the cluster when run under `ray job submit`).")
+    num_cpus: float | None = Field(None, gt=0, description="Logical CPUs for an embedded Ray (more than cores is fine: stages mostly wait on the LLM).")
+
+
+class ModelsConfig(_Strict):
+    """Vision model checkpoints by role: a hub id or a local folder; ``tiny-random`` builds a
+    random-init model from a small config with the real library class (the embedded default)."""
+    text_to_image: str = Field("tiny-random", description="Stable Diffusion checkpoint for base images, P2P and PnP.")
+    inpaint: str = Field("tiny-random", description="Inpainting checkpoint (background and text tasks).")
+    detector: str = Field("tiny-random", description="Grounding DINO checkpoint (groundingdino-py .pth or a transformers hub id).")
+    segmenter: str = Field("tiny-random", description="SAM checkpoint (segment-anything .pth or a transformers hub id).")
+    clip: str = Field("tiny-random", description="CLIP model for the CLIP filters and metrics.")
+    depth: str = Field("tiny-random", description="Depth model (DPT) for the depth task and the depth-L1 filter.")
+    dino: str = Field("tiny-random", description="DINO ViT for the DINO similarity metric.")
+
+
+class JobConfig(_Strict):
+    name: str = Field("pairforge-job", description="Job name, recorded in provenance.")
+    seed: int = Field(0, description="Job seed: ids, task draws, plans and LLM seeds derive from it.")
+    tasks: dict[str, float] = Field(default_factory=lambda: {"color": 1.0},
+                                    description="Task mix: task name → weight (normalised). A source task column overrides it.")
+    source: SourceConfig = Field(default_factory=SourceConfig, description="Where captions and images come from.")
+    llm: LLMConfig = Field(default_factory=LLMConfig, description="Instruction agent backend.")
+    stages: StagesConfig = Field(default_factory=StagesConfig, description="Actor pools per stage.")
+    filters: FilterConfig = Field(default_factory=FilterConfig, description="Quality filters.")
+    output: OutputConfig = Field(default_factory=OutputConfig, description="Shards and manifest.")
+    ray: RayConfig = Field(default_factory=RayConfig, description="Ray connection.")
+    models: ModelsConfig = Field(default_factory=ModelsConfig, description="Vision model checkpoints by role.")
+    max_caption_chars: int = Field(2000, ge=10, description="Longer captions are rejected as 'caption_too_long'.")
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, v: dict[str, float]):
+        from tasks import implemented
+        impl = implemented()
+        if not v:
+            raise ValueError("at least one task is needed")
+        for name, w in v.items():
+            if name not in impl:
+                raise ValueError(f"task {name!r} is not implemented (implemented: {', '.join(impl)})")
+            if not (w > 0):
+                raise ValueError(f"weight of task {name!r} must be > 0, got {w}")
+        return v
+
+    def config_hash(self) -> str:
+        """Hash of everything that changes the rows (not where they go)."""
+        d = self.model_dump(mode="json")
+        d.pop("output", None)
+        d["output_layout"] = {"rows_per_shard": self.output.rows_per_shard, "max_side": self.output.max_side}
+        d.pop("ray", None)
+        d.pop("stages", None)
+        for k in ("url", "launch", "concurrency", "timeout_s", "cache_dir", "api_key", "cache"):
+            d["llm"].pop(k, None)     # where answers come from and how fast, not what they are
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _format_errors(path: str, err: ValidationError) -> str:
+    lines = [f"{path}: invalid job config ({err.error_count()} problem{'s' if err.error_count() > 1 else ''})"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        got = e.get("input")
+        got_s = repr(got)
+        if len(got_s) > 60:
+            got_s = got_s[:57] + "..."
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (check spelling; `pairforge run --help-config` lists the fields)"
+            lines.append(f"  - {loc}: {msg}")
+        else:
+            lines.append(f"  - {loc}: {msg} (got {got_s})")
+    return "\n".join(lines)
+
+
+def load_job(path: str | Path, overrides: dict | None = None) -> JobConfig:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: job file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of fields, got {type(data).__name__}")
+    for dotted, value in (overrides or {}).items():
+        cur = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            cur = cur.setdefault(p, {})
+        cur[leaf] = value
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(str(path), e)) from None
+
+
+def describe_fields(model: type[BaseModel] = JobConfig, prefix: str = "") -> list[str]:
+    """Flat `field: type — description [default]` lines for --help-config."""
+    out = []
+    for name, f in model.model_fields.items():
+        ann = f.annotation
+        sub = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        if sub is not None:
+            out.append(f"{prefix}{name}: {f.description}")
+            out.extend(describe_fields(sub, prefix + name + "."))
+        else:
+            default = f.get_default(call_default_factory=True)
+            out.append(f"{prefix}{name} = {default!r}: {f.description}")
+    return out
+
+
+def dump_resolved(cfg: JobConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

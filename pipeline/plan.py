@@ -1,0 +1,44 @@
+"""The job plan: every sample the job will make, with its id, task and seed, in a fixed order.
+
+The plan is a pure function of the config and the source, so a rerun (or a resumed run) sees the
+same samples at the same indices and shard k always holds the same ids.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+
+from pipeline.config import JobConfig
+from pipeline.schema import new_flow_row, reject, sample_id, sample_seed
+from pipeline.sources import iter_source
+from tasks import TASK_IDS, implemented
+
+
+def _draw_task(names: list[str], p: np.ndarray, seed: int, source_id: str, attempt: int) -> str:
+    h = int(hashlib.sha256(source_id.encode()).hexdigest()[:12], 16)
+    rng = np.random.default_rng([seed & 0xFFFFFFFF, h, attempt, 0x7A5C])
+    return names[int(rng.choice(len(names), p=p))]
+
+
+def build_plan(cfg: JobConfig) -> list[dict]:
+    names = sorted(cfg.tasks, key=TASK_IDS.get)
+    w = np.array([cfg.tasks[n] for n in names], dtype=float)
+    p = w / w.sum()
+    impl = set(implemented())
+    rows: list[dict] = []
+    for src in iter_source(cfg.source):
+        for attempt in range(cfg.source.repeats):
+            task = src.task or _draw_task(names, p, cfg.seed, src.source_id, attempt)
+            sid = sample_id(cfg.seed, src.source_id, task, attempt)
+            row = new_flow_row(sample_index=len(rows), id=sid, source_id=src.source_id, attempt=attempt,
+                               task=task, seed=sample_seed(sid), caption=src.caption,
+                               image_ref=json.dumps(src.image_ref, sort_keys=True) if src.image_ref else None)
+            if src.error:
+                code, _, detail = src.error.partition(": ")
+                reject(row, "source", code, detail)
+            elif task not in impl:
+                reject(row, "source", "unknown_task", f"{task!r} is not an implemented task")
+            rows.append(row)
+    return rows

@@ -1,0 +1,185 @@
+"""The record: one Arrow schema for every shard row, defined once here.
+
+Images use the Hugging Face ``datasets`` Image layout (``struct<bytes, path>``) and the schema carries
+the ``datasets`` feature metadata, so ``datasets.load_dataset("parquet", ...)`` decodes images to PIL
+while DuckDB, polars, pandas and Ray Data read the same files as plain structs.
+
+Two schemas live here:
+  * ``RECORD_SCHEMA`` — what lands in the shards;
+  * ``FLOW_SCHEMA``   — the flat in-flight row passed between Ray stages (images as PNG bytes,
+    nested values as JSON strings) so every batch has one fixed Arrow type, whatever it holds.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import pyarrow as pa
+from datasets import Features, Image, List, Value
+
+# Score columns; a filter may only emit these keys (tests check it), so the schema stays fixed.
+SCORE_FIELDS = ("l1", "clipped_frac", "contrast_ratio", "clip_dir", "clip_img", "clip_out", "dino", "depth_l1", "detector", "task_pred")
+
+FEATURES = Features({
+    "id": Value("string"),
+    "sample_index": Value("int64"),
+    "source_id": Value("string"),
+    "attempt": Value("int32"),
+    "task": Value("string"),
+    "task_id": Value("int8"),
+    "instruction": Value("string"),
+    "input_caption": Value("string"),
+    "output_caption": Value("string"),
+    "original_object": Value("string"),
+    "edited_object": Value("string"),
+    "input_image": Image(),
+    "output_image": Image(),
+    "mask": Image(),
+    "mask_variant": Value("string"),
+    "params": Value("string"),          # JSON: every sampled generation parameter
+    "scores": {k: Value("float64") for k in SCORE_FIELDS},
+    "status": Value("string"),          # accepted | rejected
+    "reject_reason": Value("string"),
+    "reject_stage": Value("string"),
+    "reject_detail": Value("string"),
+    "provenance": {
+        "job_name": Value("string"),
+        "config_hash": Value("string"),
+        "code_version": Value("string"),
+        "seed": Value("int64"),
+        "llm_backend": Value("string"),
+        "llm_model": Value("string"),
+        "prompt_hash": Value("string"),
+        "prompt_file_hash": Value("string"),
+        "exemplar_ids": List(Value("string")),
+        "intro_verb": Value("string"),
+        "verb_swaps": Value("string"),  # JSON: exemplar id -> [[old, new], ...]
+        "llm_seed": Value("int64"),
+        "llm_tries": Value("int32"),
+        "llm_completion_tokens": Value("int32"),
+        "image_source": Value("string"),
+        "models": Value("string"),      # JSON: role -> model id
+    },
+})
+RECORD_SCHEMA: pa.Schema = FEATURES.arrow_schema
+IMAGE_COLUMNS = ("input_image", "output_image", "mask")
+
+FLOW_SCHEMA = pa.schema([
+    ("sample_index", pa.int64()),
+    ("id", pa.string()),
+    ("source_id", pa.string()),
+    ("attempt", pa.int32()),
+    ("task", pa.string()),
+    ("seed", pa.int64()),
+    ("caption", pa.string()),
+    ("image_ref", pa.string()),        # JSON {"kind": file|skimage|parquet, ...} or null
+    ("status", pa.string()),           # pending | rejected (accepted is decided at the end)
+    ("reject_reason", pa.string()),
+    ("reject_stage", pa.string()),
+    ("reject_detail", pa.string()),
+    ("plan", pa.string()),             # JSON
+    ("answer", pa.string()),           # JSON
+    ("llm", pa.string()),              # JSON provenance of the instruction
+    ("input_png", pa.binary()),
+    ("output_png", pa.binary()),
+    ("mask_png", pa.binary()),
+    ("mask_variant", pa.string()),
+    ("params", pa.string()),           # JSON
+    ("scores", pa.string()),           # JSON
+])
+
+
+def sample_id(job_seed: int, source_id: str, task: str, attempt: int) -> str:
+    """Content-addressed id: stable across reruns and machines."""
+    h = hashlib.sha256(f"{job_seed}\x1f{source_id}\x1f{task}\x1f{attempt}".encode())
+    return h.hexdigest()[:32]
+
+
+def sample_seed(sample_id_: str) -> int:
+    """Per-sample seed (63 bits) derived from the id, so every random draw is reproducible."""
+    return int(sample_id_[:15], 16)
+
+
+def new_flow_row(**kw: Any) -> dict:
+    row = {f.name: None for f in FLOW_SCHEMA}
+    row["status"] = "pending"
+    row.update(kw)
+    return row
+
+
+def reject(row: dict, stage: str, reason: str, detail: str = "") -> dict:
+    """Mark a flow row rejected (first reason wins: later stages pass it through)."""
+    if row["status"] != "rejected":
+        row["status"] = "rejected"
+        row["reject_stage"] = stage
+        row["reject_reason"] = reason
+        row["reject_detail"] = (detail or "")[:500] or None
+    return row
+
+
+def flow_table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=FLOW_SCHEMA)
+
+
+def _img(b: bytes | None, name: str) -> dict | None:
+    return None if b is None else {"bytes": b, "path": name}
+
+
+def to_record(row: dict, *, job_name: str, config_hash: str, code_version: str) -> dict:
+    """Flow row → shard record (the one place that knows both layouts)."""
+    from tasks import TASK_IDS
+
+    answer = json.loads(row["answer"]) if row["answer"] else {}
+    llm = json.loads(row["llm"]) if row["llm"] else {}
+    scores = json.loads(row["scores"]) if row["scores"] else {}
+    unknown = set(scores) - set(SCORE_FIELDS)
+    if unknown:
+        raise ValueError(f"scores {sorted(unknown)} are not columns of the record schema")
+    sid = row["id"]
+    accepted = row["status"] != "rejected"
+    return {
+        "id": sid,
+        "sample_index": row["sample_index"],
+        "source_id": row["source_id"],
+        "attempt": row["attempt"],
+        "task": row["task"],
+        "task_id": TASK_IDS.get(row["task"], -1),
+        "instruction": answer.get("instruction"),
+        "input_caption": row["caption"],
+        "output_caption": answer.get("output_caption"),
+        "original_object": answer.get("original_object"),
+        "edited_object": answer.get("edited_object"),
+        "input_image": _img(row["input_png"], f"{sid}_input.png"),
+        "output_image": _img(row["output_png"], f"{sid}_output.png"),
+        "mask": _img(row["mask_png"], f"{sid}_mask.png"),
+        "mask_variant": row["mask_variant"],
+        "params": row["params"],
+        "scores": {k: scores.get(k) for k in SCORE_FIELDS},
+        "status": "accepted" if accepted else "rejected",
+        "reject_reason": None if accepted else row["reject_reason"],
+        "reject_stage": None if accepted else row["reject_stage"],
+        "reject_detail": None if accepted else row["reject_detail"],
+        "provenance": {
+            "job_name": job_name,
+            "config_hash": config_hash,
+            "code_version": code_version,
+            "seed": row["seed"],
+            "llm_backend": llm.get("backend"),
+            "llm_model": llm.get("model"),
+            "prompt_hash": llm.get("prompt_hash"),
+            "prompt_file_hash": llm.get("prompt_file_hash"),
+            "exemplar_ids": llm.get("exemplar_ids"),
+            "intro_verb": llm.get("intro_verb"),
+            "verb_swaps": json.dumps(llm["verb_swaps"], sort_keys=True) if llm.get("verb_swaps") is not None else None,
+            "llm_seed": llm.get("seed"),
+            "llm_tries": llm.get("tries"),
+            "llm_completion_tokens": llm.get("completion_tokens"),
+            "image_source": row["image_ref"],
+            "models": json.dumps(llm.get("models") or {}, sort_keys=True),
+        },
+    }
+
+
+def record_table(records: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(records, schema=RECORD_SCHEMA)

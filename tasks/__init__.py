@@ -1,0 +1,46 @@
+"""Task registry. The sixteen task names and their ids are fixed here once (the trainer's task
+embedding is indexed by ``TASK_IDS``); a task module registers its implementation with ``@register``."""
+from __future__ import annotations
+
+import importlib
+
+from tasks.base import Pair, SampleReject, Task
+
+# Order fixed forever: ids are stored in shards and index the trainer's embedding table.
+TASK_NAMES = (
+    "local", "remove", "add", "texture", "background", "global", "style", "text",
+    "detect", "segment", "color", "depth", "sketch", "normal", "pose", "segmentation",
+)
+TASK_IDS = {name: i for i, name in enumerate(TASK_NAMES)}
+
+# Modules that implement a task; a new task adds its module here.
+_MODULES = ("tasks.color",)
+_REGISTRY: dict[str, type[Task]] = {}
+
+
+def register(cls: type[Task]) -> type[Task]:
+    if cls.name not in TASK_IDS:
+        raise ValueError(f"unknown task name {cls.name!r}; known: {', '.join(TASK_NAMES)}")
+    cls.task_id = TASK_IDS[cls.name]
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _load_all() -> None:
+    for mod in _MODULES:
+        importlib.import_module(mod)
+
+
+def implemented() -> list[str]:
+    _load_all()
+    return sorted(_REGISTRY, key=TASK_IDS.get)
+
+
+def get_task(name: str) -> Task:
+    _load_all()
+    if name not in _REGISTRY:
+        raise KeyError(f"task {name!r} is not implemented; implemented: {', '.join(implemented())}")
+    return _REGISTRY[name]()
+
+
+__all__ = ["Pair", "SampleReject", "Task", "TASK_NAMES", "TASK_IDS", "register", "get_task", "implemented"]

@@ -1,0 +1,61 @@
+"""The task interface: what a new task implements.
+
+A task decides three things and nothing else:
+  1. ``plan``      — the random parameters of one sample, drawn *before* the LLM call, so the agent
+                     can be told what the pair will show (e.g. "strong blur") and its instruction
+                     matches the pixels;
+  2. ``llm_query`` — the user message the task's agent answers (the caption, plus the plan when the
+                     instruction must describe it);
+  3. ``make_pair`` — turn (input image, the agent's answer, the plan) into the pair.
+
+Which actor runs ``make_pair`` is named by ``stage`` (stages group tasks by the hardware they need,
+not by task). Everything a task returns is JSON-serialisable and lands in the row's ``params``.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+
+class SampleReject(Exception):
+    """Raised by a task when one sample cannot be made; ``reason`` is a short snake_case code."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class Pair:
+    input_image: np.ndarray          # HxWx3 uint8 RGB
+    output_image: np.ndarray         # HxWx3 uint8 RGB
+    params: dict[str, Any] = field(default_factory=dict)   # everything sampled, JSON-serialisable
+    mask: np.ndarray | None = None   # HxW uint8, 255 = edited region (None for whole-image tasks)
+    mask_variant: str | None = None
+
+
+class Task(ABC):
+    name: ClassVar[str]
+    task_id: ClassVar[int]                 # stable small int for the trainer's task embedding
+    stage: ClassVar[str]                   # "cpu" | later "diffusion", "grounding", ...
+    needs_input_image: ClassVar[bool] = True
+    prompt_file: ClassVar[str]             # file name under prompts/
+
+    def plan(self, rng: np.random.Generator, caption: str) -> dict[str, Any]:
+        return {}
+
+    def llm_query(self, caption: str, plan: dict[str, Any]) -> str:
+        return f"Caption: {caption}"
+
+    def check_answer(self, caption: str, answer: dict[str, Any]) -> str | None:
+        """Task-specific answer check after schema validation; return a reject reason or None."""
+        return None
+
+    @abstractmethod
+    def make_pair(self, image: np.ndarray, answer: dict[str, Any], plan: dict[str, Any],
+                  rng: np.random.Generator) -> Pair:
+        """Make the pair; raise SampleReject for a sample that cannot be made."""

@@ -1,0 +1,66 @@
+"""Job files: valid profiles load; every kind of mistake names the file, the field and the expectation."""
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, JobConfig, describe_fields, load_job
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "job.yaml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("profile", ["local.yaml", "paper.yaml"])
+def test_profiles_validate(profile):
+    cfg = load_job(ROOT / "deploy" / "profiles" / profile)
+    assert cfg.tasks
+
+
+def test_unknown_field_names_file_and_path(tmp_path):
+    p = _write(tmp_path, "llm:\n  temprature: 0.5\n")
+    with pytest.raises(ConfigError) as e:
+        load_job(p)
+    msg = str(e.value)
+    assert str(p) in msg and "llm.temprature" in msg and "unknown field" in msg
+
+
+def test_wrong_type_says_what_was_expected(tmp_path):
+    p = _write(tmp_path, "output:\n  rows_per_shard: lots\n")
+    msg = str(pytest.raises(ConfigError, load_job, p).value)
+    assert "output.rows_per_shard" in msg and "integer" in msg and "'lots'" in msg
+
+
+def test_out_of_range_and_unknown_task(tmp_path):
+    p = _write(tmp_path, "llm:\n  top_p: 3\ntasks:\n  colour: 1\n")
+    msg = str(pytest.raises(ConfigError, load_job, p).value)
+    assert "llm.top_p" in msg and "tasks" in msg and "'colour' is not implemented" in msg
+
+
+def test_source_path_required(tmp_path):
+    p = _write(tmp_path, "source:\n  kind: captions\n")
+    assert "source.path is required" in str(pytest.raises(ConfigError, load_job, p).value)
+
+
+def test_not_yaml_and_missing_file(tmp_path):
+    p = _write(tmp_path, "a: [1, 2\n")
+    assert "not valid YAML" in str(pytest.raises(ConfigError, load_job, p).value)
+    assert "not found" in str(pytest.raises(ConfigError, load_job, tmp_path / "nope.yaml").value)
+
+
+def test_every_field_has_a_description():
+    lines = describe_fields()
+    assert all(": None" not in line for line in lines), [l for l in lines if ": None" in l]
+    assert any(line.startswith("llm.temperature") for line in lines)
+
+
+def test_overrides_and_config_hash_ignore_output_location(tmp_path):
+    p = _write(tmp_path, "seed: 3\n")
+    a = load_job(p, {"output.path": "/tmp/a"})
+    b = load_job(p, {"output.path": "/tmp/b"})
+    c = load_job(p, {"seed": 4})
+    assert a.config_hash() == b.config_hash() != c.config_hash()
+    assert isinstance(a, JobConfig)

@@ -1,0 +1,64 @@
+"""The in-context protocol: shuffled exemplars, a random 60% kept, verbs swapped, all from one seed."""
+import json
+from collections import Counter
+
+from pipeline.llm.prompt import build, load_prompt, swap_verbs
+
+import numpy as np
+
+
+def _spec():
+    return load_prompt("color")
+
+
+def test_same_seed_same_prompt_and_provenance_rebuilds_it():
+    spec = _spec()
+    a, b = build(spec, "Caption: x\nChange: y", 42), build(spec, "Caption: x\nChange: y", 42)
+    assert a.messages == b.messages and a.prompt_hash == b.prompt_hash
+    assert a.exemplar_ids == b.exemplar_ids and a.verb_swaps == b.verb_swaps
+    assert build(spec, "Caption: x\nChange: y", 43).prompt_hash != a.prompt_hash
+
+
+def test_structure_system_intro_history_query():
+    spec = _spec()
+    p = build(spec, "Caption: a red barn\nChange: blur it", 1)
+    roles = [m["role"] for m in p.messages]
+    assert roles[0] == "system" and roles[1] == "user" and roles[2] == "assistant" and roles[-1] == "user"
+    assert p.intro_verb in spec.verbs and p.intro_verb in p.messages[1]["content"]
+    assert len(p.messages) == 3 + 2 * len(p.exemplar_ids) + 1
+    for m in p.messages[4:-1:2]:
+        json.loads(m["content"])                     # every exemplar answer is JSON
+    assert p.messages[-1]["content"].startswith("Caption: a red barn")
+
+
+def test_each_exemplar_in_about_60_percent_and_orders_vary():
+    spec = _spec()
+    n, draws = len(spec.exemplars), 600
+    seen, orders = Counter(), set()
+    for s in range(draws):
+        p = build(spec, "q", s)
+        assert len(p.exemplar_ids) == round(0.6 * n)
+        seen.update(p.exemplar_ids)
+        orders.add(tuple(p.exemplar_ids))
+    rates = [seen[e["id"]] / draws for e in spec.exemplars]
+    assert all(0.5 < r < 0.7 for r in rates), rates
+    assert len(orders) == draws                      # no two prompts share an order
+
+
+def test_verbs_are_swapped_within_the_set():
+    spec = _spec()
+    rng = np.random.default_rng(0)
+    text = f"{spec.verbs[0].capitalize()} the colours and {spec.verbs[0]} the contrast"
+    outs = {swap_verbs(text, spec, rng)[0] for _ in range(50)}
+    assert len(outs) > 5
+    for o in outs:
+        words = o.lower().replace(" the colours and ", "|").replace(" the contrast", "").split("|")
+        assert all(w in spec.verbs for w in words), o
+    swapped = [build(spec, "q", s).verb_swaps for s in range(50)]
+    assert sum(bool(s) for s in swapped) > 40        # most prompts carry swaps, recorded by exemplar
+
+
+def test_fixed_prompt_baseline_keeps_everything_in_order():
+    spec = _spec()
+    p = build(spec, "q", 5, keep_fraction=1.0, shuffle=False, swap=False)
+    assert p.exemplar_ids == [e["id"] for e in spec.exemplars] and p.verb_swaps == {}
