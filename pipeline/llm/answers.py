@@ -1,0 +1,56 @@
+"""Turn an LLM completion into a validated answer, or a reject reason.
+
+Reasons are stable codes counted in the statistics:
+  llm_error            transport / engine error
+  llm_invalid_json     no JSON object could be parsed (garbage, prose, truncated)
+  llm_schema           JSON parsed but violates the task's schema (the detail names the key)
+  llm_same_caption     the output caption equals the input caption
+  <task-specific>      from ``Task.check_answer``
+"""
+from __future__ import annotations
+
+import json
+import re
+
+import jsonschema
+
+_FENCE = re.compile(r"^```(?:json)?\s*|\s*```$", re.MULTILINE)
+
+
+def extract_json(text: str) -> dict | None:
+    """The first complete JSON object in ``text`` (models wrap answers in fences or prose)."""
+    if not text:
+        return None
+    t = _FENCE.sub("", text.strip())
+    start = t.find("{")
+    while start != -1:
+        try:
+            obj, _ = json.JSONDecoder().raw_decode(t[start:])
+            if isinstance(obj, dict):
+                return obj
+        except ValueError:
+            pass
+        start = t.find("{", start + 1)
+    return None
+
+
+def validate_answer(text: str | None, schema: dict, caption: str) -> tuple[dict | None, str | None, str]:
+    """Returns (answer, reason, detail); answer is None when reason is set."""
+    obj = extract_json(text or "")
+    if obj is None:
+        return None, "llm_invalid_json", (text or "")[:200]
+    # strip whitespace of string values so "  " counts as empty
+    obj = {k: v.strip() if isinstance(v, str) else v for k, v in obj.items()}
+    try:
+        jsonschema.validate(obj, schema)
+    except jsonschema.ValidationError as e:
+        where = "/".join(str(p) for p in e.absolute_path) or "(answer)"
+        return None, "llm_schema", f"{where}: {e.message}"[:300]
+    out_cap = obj.get("output_caption")
+    if isinstance(out_cap, str) and _norm(out_cap) == _norm(caption):
+        return None, "llm_same_caption", out_cap[:200]
+    return obj, None, ""
+
+
+def _norm(s: str) -> str:
+    return re.sub(r"\W+", " ", s.lower()).strip()

@@ -1,0 +1,12 @@
+"""Pipeline stages. Each is a Ray actor class: ``__init__`` loads models once (``setup``),
+``__call__(batch) -> batch`` processes one Arrow batch of flow rows."""
+from pipeline.stages.base import Stage
+from pipeline.stages.filter import FilterStage
+from pipeline.stages.instruct import InstructStage
+from pipeline.stages.load import LoadStage
+from pipeline.stages.pair import CpuPairStage
+
+# Order of the chain; the runner builds one actor pool per entry.
+CHAIN = (LoadStage, InstructStage, CpuPairStage, FilterStage)
+
+__all__ = ["Stage", "LoadStage", "InstructStage", "CpuPairStage", "FilterStage", "CHAIN"]
