@@ -14,13 +14,17 @@ COLUMNS = ["task", "status", "reject_stage", "reject_reason", "scores", "params"
 
 
 def _flatten(prefix: str, v, out: dict) -> None:
-    """params JSON → flat leaves; lists of op dicts become `ops[].name`, `ops[].factor`, ..."""
+    """params JSON → flat leaves; a list of op dicts becomes `ops[brightness].factor`, `ops[hue].op`, ..."""
     if isinstance(v, dict):
         for k, x in v.items():
+            if k == "op" and prefix.endswith(f"[{x}]"):
+                continue                        # already in the key
             _flatten(f"{prefix}.{k}" if prefix else k, x, out)
     elif isinstance(v, list):
         for x in v:
-            _flatten(f"{prefix}[]", x, out)
+            # a list of operations is summarised per operation: ops[brightness].factor
+            tag = x.get("op") if isinstance(x, dict) and isinstance(x.get("op"), str) else ""
+            _flatten(f"{prefix}[{tag}]", x, out)
     else:
         out.setdefault(prefix, []).append(v)
 
@@ -91,14 +95,14 @@ def format_stats(s: dict) -> str:
         if t["scores"]:
             L += ["", f"[{name}] scores (all samples that reached the filters)"]
             for k, v in t["scores"].items():
-                L.append(f"  {k:<22} mean {v['mean']:<8} p10 {v['p10']:<8} p50 {v['p50']:<8} p90 {v['p90']:<8} n={v['n']}")
+                L.append(f"  {k:<28} mean {v['mean']:<8} p10 {v['p10']:<8} p50 {v['p50']:<8} p90 {v['p90']:<8} n={v['n']}")
         if t["params"]:
             L += ["", f"[{name}] sampled parameters (accepted)"]
             for k, v in t["params"].items():
                 if "mean" in v:
-                    L.append(f"  {k:<22} mean {v['mean']:<8} min {v['min']:<8} max {v['max']:<8} n={v['n']}")
+                    L.append(f"  {k:<28} mean {v['mean']:<8} min {v['min']:<8} max {v['max']:<8} n={v['n']}")
                 else:
-                    L.append(f"  {k:<22} " + ", ".join(f"{a}×{b}" for a, b in v.items()))
+                    L.append(f"  {k:<28} " + ", ".join(f"{a}×{b}" for a, b in v.items()))
     if s["instruction_writers"]:
         L += ["", "instructions written by: " + ", ".join(f"{k} ({v})" for k, v in s["instruction_writers"].items())]
     return "\n".join(L)
