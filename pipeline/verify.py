@@ -17,6 +17,15 @@ from pipeline.schema import RECORD_SCHEMA, sample_id
 from pipeline.shards import Manifest, sha256_file
 
 
+def _as_read_back(schema):
+    """The record schema as Parquet gives it back (list children come back named 'element')."""
+    import io
+    import pyarrow as pa
+    buf = io.BytesIO()
+    pq.write_table(schema.empty_table(), buf)
+    return pq.read_table(pa.BufferReader(buf.getvalue())).schema
+
+
 def verify(out: str | Path) -> list[str]:
     out = Path(out)
     problems: list[str] = []
@@ -29,6 +38,7 @@ def verify(out: str | Path) -> list[str]:
     resolved = out / "job.resolved.yaml"
     if resolved.exists():
         seed = (yaml.safe_load(resolved.read_text()) or {}).get("seed")
+    expected_schema = _as_read_back(RECORD_SCHEMA)
     ids: Counter = Counter()
     listed = set()
     for k, e in sorted(m.shards.items(), key=lambda kv: int(kv[0])):
@@ -46,7 +56,7 @@ def verify(out: str | Path) -> list[str]:
             except Exception as ex:  # corrupt parquet of any kind is a finding, not a crash
                 problems.append(f"{f['path']}: unreadable: {type(ex).__name__}: {ex}")
                 continue
-            if not t.schema.equals(RECORD_SCHEMA, check_metadata=True):
+            if not t.schema.equals(expected_schema, check_metadata=True):
                 problems.append(f"{f['path']}: schema differs from the record schema")
             if t.num_rows != f["rows"]:
                 problems.append(f"{f['path']}: {t.num_rows} rows, manifest says {f['rows']}")

@@ -1,0 +1,76 @@
+"""A real two-node Ray cluster on this machine (`ray start --head` + a second `ray start
+--address=...` node with its own resources); the job is submitted with `ray job submit` and one
+stage is pinned to the second node through a custom resource, so work really crosses nodes."""
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import tempfile
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.jobutil import ROOT, run_cli, write_job
+
+pytestmark = pytest.mark.slow
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def two_node_cluster(tmp_path):
+    port, dash = _free_port(), _free_port()
+    # Ray 2.60 turns token authentication on for `ray start --head`; every node, the job client
+    # and the driver share one token, as on a real cluster.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    # Ray's unix socket paths must stay under ~107 characters: pytest's tmp_path is too deep.
+    tmp = Path(tempfile.mkdtemp(prefix="pf-ray-", dir="/tmp"))
+
+    def ray(*args, check=True):
+        return subprocess.run([RAY, *args], env=env, capture_output=True, text=True, timeout=300, check=check)
+
+    ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2", f"--dashboard-port={dash}",
+        "--dashboard-host=127.0.0.1", "--include-dashboard=true", f"--temp-dir={tmp}",
+        "--resources", json.dumps({"head_node": 1}))
+    try:
+        ray("start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1", "--num-cpus=2", "--resources", json.dumps({"worker_node": 1}))
+        nodes = subprocess.run([sys.executable, "-c", "import ray, json; ray.init(address='auto', logging_level='ERROR'); "
+                                "print(json.dumps([n['Resources'] for n in ray.nodes() if n['Alive']]))"],
+                               env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}, capture_output=True, text=True, timeout=120)
+        alive = json.loads(nodes.stdout.strip().splitlines()[-1])
+        assert len(alive) == 2 and sum("worker_node" in r for r in alive) == 1, nodes.stdout + nodes.stderr
+        yield f"http://127.0.0.1:{dash}", env
+    finally:
+        ray("stop", "--force", check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_job_submitted_to_two_node_cluster(two_node_cluster, vllm_url, tmp_path):
+    address, env = two_node_cluster
+    out = tmp_path / "out"
+    job = write_job(ROOT / f".pytest-cluster-job-{os.getpid()}.yaml", vllm_url, source__limit=3,
+                    stages__filter={"actors": 1, "num_cpus": 0.25, "batch_size": 4, "resources": {"worker_node": 0.5}},
+                    stages__cpu={"actors": 1, "num_cpus": 0.25, "batch_size": 4, "resources": {"head_node": 0.5}})
+    try:
+        p = subprocess.run(
+            [RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT),
+             "--", "python", "-m", "pipeline.cli", "run", job.name, "--out", str(out), "--no-progress"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    finally:
+        job.unlink(missing_ok=True)
+    assert p.returncode == 0, p.stdout[-5000:] + p.stderr[-3000:]
+    assert "succeeded" in (p.stdout + p.stderr).lower()
+    assert run_cli("verify", str(out)).returncode == 0
+    s = json.loads(run_cli("stats", str(out), "--json").stdout)
+    assert s["samples"] == 3

@@ -1,0 +1,83 @@
+"""Garbage from the LLM server ends as counted rejects with reasons, never a crash.
+
+A misbehaving server cannot be summoned from a real model on demand, so this test runs a tiny
+stdlib HTTP server that speaks the OpenAI chat API and answers with garbage, truncated JSON,
+wrong keys or a 500 — the real client (`OpenAIServerBackend`) and the real stage talk to it."""
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from pipeline.config import JobConfig
+from pipeline.plan import build_plan
+from pipeline.schema import flow_table
+from pipeline.stages.instruct import InstructStage
+
+ANSWERS = {
+    # keyed by a word of the caption → what the "server" says
+    "garbage": (200, "Sure! Here is a nice instruction for you :)"),
+    "truncated": (200, '{"instruction": "Make the photo much darker", "output_cap'),
+    "wrongkeys": (200, '{"instr": "darker", "caption": "a dark photo"}'),
+    "same": (200, '{"instruction": "Make it darker", "output_caption": "same caption here"}'),
+    "fenced": (200, '```json\n{"instruction": "Make it darker", "output_caption": "a darker fenced photo"}\n```'),
+    "error": (500, "internal error"),
+}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+
+    def _send(self, code, obj):
+        body = json.dumps(obj).encode() if not isinstance(obj, str) else obj.encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        self._send(200, {"data": [{"id": "fake-model"}]})
+
+    def do_POST(self):
+        req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        caption = req["messages"][-1]["content"]
+        key = next(k for k in ANSWERS if k in caption)
+        code, text = ANSWERS[key]
+        if code != 200:
+            return self._send(code, text)
+        self._send(200, {"choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                         "usage": {"completion_tokens": 7}})
+
+
+@pytest.fixture
+def fake_server():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    srv.shutdown()
+
+
+def test_each_bad_answer_is_a_reject_with_its_reason(fake_server, tmp_path):
+    caps = tmp_path / "caps.txt"
+    caps.write_text("\n".join(["garbage photo", "truncated photo", "wrongkeys photo", "same caption here",
+                               "fenced photo", "error photo"]) + "\n")
+    cfg = JobConfig.model_validate({"source": {"kind": "captions", "path": str(caps)},
+                                    "llm": {"url": fake_server, "retries": 1, "cache": False}})
+    rows = build_plan(cfg)
+    out = InstructStage(cfg.model_dump(mode="json"))(flow_table(rows)).to_pylist()
+    got = {r["caption"].split()[0]: (r["status"], r["reject_reason"]) for r in out}
+    assert got["garbage"] == ("rejected", "llm_invalid_json")
+    assert got["truncated"] == ("rejected", "llm_invalid_json")
+    assert got["wrongkeys"] == ("rejected", "llm_schema")
+    assert got["same"] == ("rejected", "llm_same_caption")
+    assert got["error"] == ("rejected", "llm_error")
+    assert got["fenced"] == ("pending", None)                 # fences are unwrapped, answer accepted
+    for r in out:
+        assert json.loads(r["llm"])["tries"] == (1 if r["caption"].startswith("fenced") else 2)
+    bad = next(r for r in out if r["caption"].startswith("wrongkeys"))
+    assert "instruction" in bad["reject_detail"]              # the detail names the missing key

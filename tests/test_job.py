@@ -1,0 +1,107 @@
+"""Real jobs end to end: vLLM (SmolLM2) writes the instructions, Ray runs the stages, shards land.
+
+These start Ray and talk to a real vLLM server (session fixture), so they are marked slow; CI runs
+them."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.jobutil import run_cli, stats, write_job
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo_out(vllm_url, tmp_path_factory):
+    d = tmp_path_factory.mktemp("demo")
+    job = write_job(d / "job.yaml", vllm_url, source__limit=6, source__repeats=2)
+    run_cli("run", str(job), "--out", str(d / "out"), "--no-progress")
+    return d / "out", job
+
+
+def test_bad_inputs_are_counted_rejects_and_the_job_finishes(vllm_url, bad_inputs_folder, tmp_path):
+    job = write_job(tmp_path / "job.yaml", vllm_url, source={"kind": "images", "path": str(bad_inputs_folder), "repeats": 2})
+    out = tmp_path / "out"
+    run_cli("run", str(job), "--out", str(out), "--no-progress")
+    s = stats(out)
+    reasons = s["tasks"]["color"]["reject_reasons"]
+    assert s["samples"] == 12
+    assert reasons.get("load:bad_image") == 4                 # truncated PNG and a text file, ×2 repeats
+    assert reasons.get("instruct:empty_caption") == 2
+    assert reasons.get("instruct:caption_too_long") == 2
+    assert s["accepted"] + sum(reasons.values()) == 12         # nothing lost silently
+    rej = pq.read_table(out / "rejects").to_pylist()
+    bad = [r for r in rej if r["reject_reason"] == "bad_image"]
+    assert all(r["reject_detail"] for r in bad)               # the reason says what was wrong
+    assert run_cli("verify", str(out)).returncode == 0
+
+
+def test_demo_job_accepts_color_with_vllm_provenance(demo_out):
+    out, _ = demo_out
+    s = stats(out)
+    assert s["complete"] and s["tasks"]["color"]["accepted"] > 0
+    rows = pq.read_table(out / "data").to_pylist()
+    for r in rows:
+        p = r["provenance"]
+        assert p["llm_backend"] == "vllm-openai" and p["llm_model"] == "smollm2-135m-instruct"
+        assert r["instruction"] and r["output_caption"] and r["task"] == "color" and r["task_id"] == 10
+        ops = json.loads(r["params"])["ops"]
+        assert ops and all("op" in o for o in ops)
+        assert r["scores"]["l1"] is not None and r["scores"]["l1"] > 0
+        assert len(p["exemplar_ids"]) > 0 and p["prompt_hash"]
+    assert (out / "job.resolved.yaml").exists()
+    assert run_cli("verify", str(out)).returncode == 0
+
+
+def test_shards_open_with_datasets_duckdb_polars(demo_out):
+    out, _ = demo_out
+    import datasets
+    import duckdb
+    import polars as pl
+    from PIL import Image
+
+    files = sorted(str(p) for p in (out / "data").glob("part-*.parquet"))
+    ds = datasets.load_dataset("parquet", data_files=files, split="train")
+    assert isinstance(ds[0]["input_image"], Image.Image) and isinstance(ds[0]["output_image"], Image.Image)
+    assert ds[0]["input_image"].size == ds[0]["output_image"].size
+    n = duckdb.sql(f"select count(*) from read_parquet({files!r})").fetchall()[0][0]
+    assert n == len(ds)
+    df = pl.read_parquet(files)
+    assert df.height == len(ds) and df["input_image"].struct.field("bytes")[0][:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rerun_writes_nothing_new(demo_out):
+    out, job = demo_out
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*.parquet")}
+    man = (out / "manifest.json").read_text()
+    r = run_cli("run", str(job), "--out", str(out), "--no-progress", "-q")
+    assert json.loads(r.stdout.strip().splitlines()[-1])["samples_run"] == 0
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*.parquet")}
+    assert before == after and (out / "manifest.json").read_text() == man
+
+
+def test_verify_catches_corruption_and_strays(demo_out, tmp_path):
+    import shutil
+    out, _ = demo_out
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    assert run_cli("verify", str(copy)).returncode == 0
+    f = sorted((copy / "data").glob("part-*.parquet"))[0]
+    b = bytearray(f.read_bytes())
+    b[len(b) // 2] ^= 0xFF
+    f.write_bytes(bytes(b))
+    (copy / "data" / "part-99999.parquet").write_bytes(b"junk")
+    p = run_cli("verify", str(copy), check=False)
+    assert p.returncode == 1
+    assert "sha256 mismatch" in p.stdout and "part-99999.parquet: not in the manifest" in p.stdout
+
+
+def test_output_of_another_job_is_refused(demo_out, tmp_path, vllm_url):
+    out, _ = demo_out
+    other = write_job(tmp_path / "other.yaml", vllm_url, seed=99)
+    p = run_cli("run", str(other), "--out", str(out), "--no-progress", check=False)
+    assert p.returncode == 2 and "different job" in p.stderr
