@@ -56,7 +56,11 @@ def cmd_run(a) -> int:
 
 def cmd_stats(a) -> int:
     from pipeline.stats import compute_stats, format_stats
-    s = compute_stats(a.out)
+    try:
+        s = compute_stats(a.out)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(s, indent=1) if a.json else format_stats(s))
     return 0
 

@@ -151,11 +151,14 @@ class JobConfig(_Strict):
     @field_validator("tasks")
     @classmethod
     def _known_tasks(cls, v: dict[str, float]):
-        from tasks import implemented
-        impl = implemented()
+        from tasks import implemented, with_agents
+        impl, agents = implemented(), with_agents()
         if not v:
             raise ValueError("at least one task is needed")
         for name, w in v.items():
+            if name in agents and name not in impl:
+                raise ValueError(f"task {name!r} has an instruction agent but no pair generator yet "
+                                 f"(runnable: {', '.join(impl)})")
             if name not in impl:
                 raise ValueError(f"task {name!r} is not implemented (implemented: {', '.join(impl)})")
             if not (w > 0):

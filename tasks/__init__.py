@@ -31,16 +31,22 @@ def _load_all() -> None:
         importlib.import_module(mod)
 
 
-def implemented() -> list[str]:
+def with_agents() -> list[str]:
+    """Tasks that have an instruction agent (a prompt file and plan/query), generator or not."""
     _load_all()
     return sorted(_REGISTRY, key=TASK_IDS.get)
+
+
+def implemented() -> list[str]:
+    """Tasks a generation job can run end to end (agent and pair generator)."""
+    return [n for n in with_agents() if _REGISTRY[n].has_generator()]
 
 
 def get_task(name: str) -> Task:
     _load_all()
     if name not in _REGISTRY:
-        raise KeyError(f"task {name!r} is not implemented; implemented: {', '.join(implemented())}")
+        raise KeyError(f"task {name!r} has no agent; known: {', '.join(with_agents())}")
     return _REGISTRY[name]()
 
 
-__all__ = ["Pair", "SampleReject", "Task", "TASK_NAMES", "TASK_IDS", "register", "get_task", "implemented"]
+__all__ = ["Pair", "SampleReject", "Task", "TASK_NAMES", "TASK_IDS", "register", "get_task", "implemented", "with_agents"]

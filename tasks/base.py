@@ -13,7 +13,7 @@ not by task). Everything a task returns is JSON-serialisable and lands in the ro
 """
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import ABC
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -51,11 +51,19 @@ class Task(ABC):
     def llm_query(self, caption: str, plan: dict[str, Any]) -> str:
         return f"Caption: {caption}"
 
-    def check_answer(self, caption: str, answer: dict[str, Any]) -> str | None:
-        """Task-specific answer check after schema validation; return a reject reason or None."""
+    def check_answer(self, caption: str, answer: dict[str, Any], plan: dict[str, Any]) -> str | None:
+        """Task-specific answer check after schema validation; return a reject reason (a short
+        snake_case code, counted in the statistics) or None."""
         return None
 
-    @abstractmethod
     def make_pair(self, image: np.ndarray, answer: dict[str, Any], plan: dict[str, Any],
                   rng: np.random.Generator) -> Pair:
-        """Make the pair; raise SampleReject for a sample that cannot be made."""
+        """Make the pair; raise SampleReject for a sample that cannot be made.
+
+        A task whose generator has not landed yet keeps this default: it has an instruction agent
+        (usable by `pairforge agents-report` and instruction-only runs) but jobs refuse it."""
+        raise SampleReject("no_generator", f"task {self.name} has no pair generator yet")
+
+    @classmethod
+    def has_generator(cls) -> bool:
+        return cls.make_pair is not Task.make_pair

@@ -99,7 +99,7 @@ class InstructStage(Stage):
                     continue
                 ans, reason, detail = validate_answer(res.text, j["spec"].answer_schema, j["row"]["caption"])
                 if ans is not None:
-                    reason = j["task"].check_answer(j["row"]["caption"], ans)
+                    reason = j["task"].check_answer(j["row"]["caption"], ans, json.loads(j["row"]["plan"]))
                     detail = ""
                 if reason:
                     j["last"] = (reason, detail)
