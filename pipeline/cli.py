@@ -13,6 +13,7 @@ EPILOG = """examples:
   pairforge stats out/demo [--json]                           # what the job produced
   pairforge verify out/demo                                   # schema, counts, checksums
   pairforge bench deploy/profiles/local.yaml                  # per-stage throughput, efficiency, memory
+  pairforge agents-report -n 200                              # instruction validity and diversity
 """
 
 
@@ -114,6 +115,20 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
     b.add_argument("--json", action="store_true", help="machine-readable output")
     b.set_defaults(fn=cmd_bench)
+
+    g = sub.add_parser("agents-report", help="validity and diversity of the instruction agents, with and "
+                       "without the shuffle/60%%/verb-swap protocol, through the real LLM stage")
+    g.add_argument("--captions", help="caption file, one per line (default: pipeline/captions_eval.txt)")
+    g.add_argument("-n", type=int, default=200, help="number of captions (default 200)")
+    g.add_argument("--tasks", help="comma-separated tasks (default: every task with an agent)")
+    g.add_argument("--protocols", default="protocol,fixed", help="protocol,fixed (default both)")
+    g.add_argument("--out", default="out/agents-report", help="report folder (answers cached there)")
+    g.add_argument("--set", action="append", metavar="llm.KEY=VALUE",
+                   help="LLM settings, e.g. --set llm.url=http://host:8000/v1 --set llm.backend=transformers")
+    g.add_argument("--batch", type=int, default=128, help="requests per stage call")
+    g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(fn=lambda a: __import__("pipeline.agents_report", fromlist=["main"]).main(a))
 
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s")

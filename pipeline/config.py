@@ -55,6 +55,8 @@ class LaunchConfig(_Strict):
     model_dir: str = Field("models/smollm2-135m-instruct", description="Model folder the launched server loads; relative to the repo root.")
     port: int = Field(0, ge=0, le=65535, description="Port on 127.0.0.1; 0 picks a free one.")
     startup_timeout_s: float = Field(300, gt=0, description="Seconds to wait for the server's health check.")
+    max_model_len: int = Field(4096, ge=256, description="Context length the server allocates (prompt + answer); "
+                               "the fixed 100%-exemplar prompts need more than 2048 tokens.")
     extra_args: list[str] = Field(default_factory=list, description="Extra arguments for vllm's api_server.")
 
 
@@ -78,6 +80,12 @@ class LLMConfig(_Strict):
     concurrency: int = Field(16, ge=1, le=1024, description="Requests in flight per actor.")
     timeout_s: float = Field(120, gt=0, description="Per-request timeout.")
     keep_fraction: float = Field(0.6, gt=0, le=1, description="Fraction of exemplars kept in each prompt (paper: 60%).")
+    shuffle_exemplars: bool = Field(True, description="Shuffle the exemplars of each prompt (off: file order, the fixed-prompt baseline).")
+    swap_verbs: bool = Field(True, description="Swap the verbs inside exemplar instructions within the task's verb set.")
+    min_instruction_chars: int = Field(8, ge=1, description="Shorter instructions are rejected as 'instruction_length'.")
+    max_instruction_chars: int = Field(300, ge=10, description="Longer instructions are rejected as 'instruction_length'.")
+    depossess: bool = Field(True, description="Ask the LLM for possessive object phrases without possession "
+                            "(\"a dog's tail\" → \"tail\"); both phrases are kept.")
     cache: bool = Field(True, description="Cache answers by a hash of the request so reruns replay them.")
     cache_dir: str | None = Field(None, description="Answer cache folder; default OUT/llm_cache.")
 

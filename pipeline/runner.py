@@ -56,7 +56,8 @@ def llm_server(cfg: JobConfig, out: Path):
     t0 = time.time()
     srv = VLLMServer(python=py, model_dir=model_dir, served_name=llm.model,
                      log_path=str(out / "logs" / "vllm_server.log"), port=llm.launch.port,
-                     startup_timeout_s=llm.launch.startup_timeout_s, extra_args=llm.launch.extra_args)
+                     startup_timeout_s=llm.launch.startup_timeout_s, extra_args=llm.launch.extra_args,
+                     max_model_len=llm.launch.max_model_len)
     with srv:
         log.info("vLLM server ready at %s in %.0fs (log: %s)", srv.url, time.time() - t0, out / "logs" / "vllm_server.log")
         yield srv.url

@@ -33,6 +33,8 @@ FEATURES = Features({
     "output_caption": Value("string"),
     "original_object": Value("string"),
     "edited_object": Value("string"),
+    "original_object_plain": Value("string"),   # without possession, when the phrase had one
+    "edited_object_plain": Value("string"),
     "input_image": Image(),
     "output_image": Image(),
     "mask": Image(),
@@ -60,6 +62,7 @@ FEATURES = Features({
         "llm_completion_tokens": Value("int32"),
         "image_source": Value("string"),
         "models": Value("string"),      # JSON: role -> model id
+        "depossess": Value("string"),   # JSON: object key -> "llm" | "rule" (who removed the possession)
     },
 })
 RECORD_SCHEMA: pa.Schema = FEATURES.arrow_schema
@@ -150,6 +153,8 @@ def to_record(row: dict, *, job_name: str, config_hash: str, code_version: str) 
         "output_caption": answer.get("output_caption"),
         "original_object": answer.get("original_object"),
         "edited_object": answer.get("edited_object"),
+        "original_object_plain": answer.get("original_object_plain"),
+        "edited_object_plain": answer.get("edited_object_plain"),
         "input_image": _img(row["input_png"], f"{sid}_input.png"),
         "output_image": _img(row["output_png"], f"{sid}_output.png"),
         "mask": _img(row["mask_png"], f"{sid}_mask.png"),
@@ -177,6 +182,7 @@ def to_record(row: dict, *, job_name: str, config_hash: str, code_version: str) 
             "llm_completion_tokens": llm.get("completion_tokens"),
             "image_source": row["image_ref"],
             "models": json.dumps(llm.get("models") or {}, sort_keys=True),
+            "depossess": json.dumps(llm["depossess"], sort_keys=True) if llm.get("depossess") else None,
         },
     }
 

@@ -14,7 +14,8 @@ TASK_NAMES = (
 TASK_IDS = {name: i for i, name in enumerate(TASK_NAMES)}
 
 # Modules that implement a task; a new task adds its module here.
-_MODULES = ("tasks.color",)
+_MODULES = ("tasks.local", "tasks.remove", "tasks.add", "tasks.texture", "tasks.background", "tasks.color", "tasks.global_edit", "tasks.style", "tasks.text", "tasks.detect", "tasks.segment",
+            "tasks.translation")
 _REGISTRY: dict[str, type[Task]] = {}
 
 

@@ -29,7 +29,7 @@ def vllm_url(tmp_path_factory):
         pytest.skip("LLM environment missing: run deploy/setup_llm_env.sh")
     from pipeline.llm.server import VLLMServer
     log = tmp_path_factory.mktemp("vllm") / "server.log"
-    srv = VLLMServer(python=str(LLM_PY), model_dir=str(MODEL_DIR), served_name="smollm2-135m-instruct",
+    srv = VLLMServer(python=str(LLM_PY), model_dir=str(MODEL_DIR), served_name="smollm2-135m-instruct", max_model_len=4096,
                      log_path=str(log), port=0, startup_timeout_s=400)
     srv.start()
     yield srv.url

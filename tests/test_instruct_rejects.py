@@ -24,6 +24,8 @@ ANSWERS = {
     "same": (200, '{"instruction": "Make it darker", "output_caption": "same caption here"}'),
     "fenced": (200, '```json\n{"instruction": "Make it darker", "output_caption": "a darker fenced photo"}\n```'),
     "error": (500, "internal error"),
+    "short": (200, '{"instruction": "Dark", "output_caption": "a dark short photo"}'),
+    "twice": (200, '{"instruction": "Make the whole photo darker", "output_caption": "a darker photo, twice"}'),
 }
 
 
@@ -81,3 +83,16 @@ def test_each_bad_answer_is_a_reject_with_its_reason(fake_server, tmp_path):
         assert json.loads(r["llm"])["tries"] == (1 if r["caption"].startswith("fenced") else 2)
     bad = next(r for r in out if r["caption"].startswith("wrongkeys"))
     assert "instruction" in bad["reject_detail"]              # the detail names the missing key
+
+
+def test_length_bounds_and_duplicates_for_one_caption(fake_server, tmp_path):
+    caps = tmp_path / "caps.txt"
+    caps.write_text("short photo\ntwice photo\n")
+    cfg = JobConfig.model_validate({"source": {"kind": "captions", "path": str(caps), "repeats": 3},
+                                    "llm": {"url": fake_server, "retries": 0, "cache": False}})
+    out = InstructStage(cfg.model_dump(mode="json"))(flow_table(build_plan(cfg))).to_pylist()
+    short = [r for r in out if r["caption"].startswith("short")]
+    twice = sorted((r for r in out if r["caption"].startswith("twice")), key=lambda r: r["sample_index"])
+    assert all(r["reject_reason"] == "instruction_length" for r in short)
+    assert [r["status"] for r in twice] == ["pending", "rejected", "rejected"]
+    assert {r["reject_reason"] for r in twice[1:]} == {"duplicate_instruction"}

@@ -5,6 +5,11 @@ from collections import Counter
 from pipeline.llm.prompt import build, load_prompt, swap_verbs
 
 import numpy as np
+import pytest
+
+from tasks import with_agents
+
+ALL_PROMPTS = [*with_agents(), "depossess"]
 
 
 def _spec():
@@ -19,6 +24,14 @@ def test_same_seed_same_prompt_and_provenance_rebuilds_it():
     assert build(spec, "Caption: x\nChange: y", 43).prompt_hash != a.prompt_hash
 
 
+@pytest.mark.parametrize("task", ALL_PROMPTS)
+def test_every_prompt_renders_and_same_seed_rebuilds_it(task):
+    spec = load_prompt(task)
+    a, b = build(spec, "Caption: a red barn", 11), build(spec, "Caption: a red barn", 11)
+    assert a.messages == b.messages and a.exemplar_ids == b.exemplar_ids
+    assert a.messages[0]["role"] == "system" and a.messages[-1]["content"] == "Caption: a red barn"
+
+
 def test_structure_system_intro_history_query():
     spec = _spec()
     p = build(spec, "Caption: a red barn\nChange: blur it", 1)
@@ -31,8 +44,10 @@ def test_structure_system_intro_history_query():
     assert p.messages[-1]["content"].startswith("Caption: a red barn")
 
 
-def test_each_exemplar_in_about_60_percent_and_orders_vary():
-    spec = _spec()
+@pytest.mark.parametrize("task", ALL_PROMPTS)
+def test_each_exemplar_in_about_60_percent_and_orders_vary(task):
+    spec = load_prompt(task)
+    assert len(spec.exemplars) >= 15
     n, draws = len(spec.exemplars), 600
     seen, orders = Counter(), set()
     for s in range(draws):

@@ -81,6 +81,13 @@ def _short(s: Any, n: int = 300) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def _about_schema(resp: Any) -> bool:
+    text = str(resp).lower()
+    if "context length" in text or "maximum context" in text or "too long" in text:
+        return False
+    return any(w in text for w in ("response_format", "json_schema", "structured", "guided", "grammar", "schema"))
+
+
 class OpenAIServerBackend(LLMBackend):
     """POST ``/chat/completions`` for every request, ``concurrency`` at a time.
 
@@ -183,7 +190,9 @@ class OpenAIServerBackend(LLMBackend):
                 status, resp = self._post(self._payload(rq, want_schema))
                 if status == 200 and isinstance(resp, dict):
                     return self._parse(resp, structured=want_schema)
-                if want_schema and status in (400, 422):
+                # Only an error about the schema itself means "no structured output here"; a 400
+                # for an over-long prompt must stay that request's error, not switch schemas off.
+                if want_schema and status in (400, 422) and _about_schema(resp):
                     with self._lock:
                         if not self._schema_rejected:
                             log.warning("server %s rejected response_format json_schema (%s); "

@@ -1,10 +1,16 @@
 """Instruction stage: one LLM agent per task writes the instruction for each sample.
 
-Per row: caption checks → the task's plan (its random parameters, drawn before the LLM call so the
-instruction can describe them) → the few-shot prompt (shuffled, 60% kept, verbs swapped; seeded)
-→ the backend, all rows of the batch at once → JSON parse + schema + task checks → on an invalid
-answer a retry with a new seed, then a reject with the last reason. Answers are cached by a hash
-of the request, so a rerun replays them.
+    1. caption checks (empty, too long)
+    2. the task's plan: its random parameters, drawn before the LLM call so the instruction can
+       describe them
+    3. the few-shot prompt (shuffled, 60% kept, verbs swapped; all from the sample's seed)
+    4. the backend, all rows of the batch at once (concurrent HTTP or one batched engine call);
+       answers cached by a hash of the request so a rerun replays them
+    5. checks: JSON, schema, output caption differs, instruction length, the task's own checks;
+       an invalid answer is retried with a new seed, then rejected with the last reason
+    6. duplicate instructions for the same caption: the later samples are rejected
+    7. possessive object phrases ("a dog's tail") get a second prompt for the object alone; both
+       phrases are kept (`<key>_plain`)
 """
 from __future__ import annotations
 
@@ -12,7 +18,8 @@ import json
 
 import numpy as np
 
-from pipeline.llm.answers import validate_answer
+from pipeline.llm.answers import (OBJECT_KEYS, instruction_issue, is_possessive, normalise_instruction,
+                                  strip_possession, validate_answer)
 from pipeline.llm.backends import ChatRequest, ChatResult
 from pipeline.llm.cache import AnswerCache, request_key
 from pipeline.llm.prompt import build, load_prompt
@@ -50,6 +57,33 @@ class InstructStage(Stage):
         self.backend = make_backend(self.llm)
         self.cache = AnswerCache(self.llm.cache_dir if self.llm.cache else None)
 
+    # ---------------------------------------------------------------- LLM round trip with cache
+    def _ask(self, prompts: list, specs: list, seeds: list[int]) -> list[ChatResult]:
+        llm = self.llm
+        reqs, keys = [], []
+        for p, spec, seed in zip(prompts, specs, seeds):
+            schema = spec.answer_schema if llm.structured_output else None
+            reqs.append(ChatRequest(messages=p.messages, seed=seed, temperature=llm.temperature, top_p=llm.top_p,
+                                    max_tokens=llm.max_tokens, json_schema=schema))
+            keys.append(request_key(self.backend.model, p.messages, seed, llm.temperature, llm.top_p,
+                                    llm.max_tokens, schema))
+        results: list[ChatResult | None] = []
+        for k in keys:
+            hit = self.cache.get(k)
+            results.append(ChatResult(text=hit["text"], error=None, completion_tokens=hit.get("tokens", 0)) if hit else None)
+        miss = [i for i, r in enumerate(results) if r is None]
+        if miss:
+            for i, res in zip(miss, self.backend.generate([reqs[i] for i in miss])):
+                results[i] = res
+                if res.error is None and res.text is not None:
+                    self.cache.put(keys[i], {"text": res.text, "tokens": res.completion_tokens})
+        return results
+
+    def _build(self, spec, query: str, seed: int):
+        return build(spec, query, seed, keep_fraction=self.llm.keep_fraction,
+                     shuffle=self.llm.shuffle_exemplars, swap=self.llm.swap_verbs)
+
+    # ---------------------------------------------------------------- steps
     def _prepare(self, row: dict) -> dict | None:
         cap = row["caption"]
         if cap is None or not cap.strip():
@@ -61,8 +95,35 @@ class InstructStage(Stage):
         task = get_task(row["task"])
         plan = task.plan(np.random.default_rng([row["seed"], 0x91A4]), cap)
         row["plan"] = json.dumps(plan, sort_keys=True)
-        return {"row": row, "task": task, "spec": load_prompt(task.prompt_file.removesuffix(".yaml")),
+        return {"row": row, "task": task, "plan": plan, "spec": load_prompt(task.prompt_file.removesuffix(".yaml")),
                 "query": task.llm_query(cap, plan), "tries": 0, "tokens": 0}
+
+    def _check(self, j: dict, text: str | None) -> tuple[dict | None, str | None, str]:
+        cap = j["row"]["caption"]
+        ans, reason, detail = validate_answer(text, j["spec"].answer_schema, cap)
+        if ans is None:
+            return None, reason, detail
+        issue = instruction_issue(ans, cap, self.llm.min_instruction_chars, self.llm.max_instruction_chars)
+        if issue:
+            return None, *issue
+        reason = j["task"].check_answer(cap, ans, j["plan"])
+        return (None, reason, "") if reason else (ans, None, "")
+
+    def _depossess(self, jobs: list[dict]) -> None:
+        spec = load_prompt("depossess")
+        todo = [(j, k) for j in jobs if "answer" in j for k in OBJECT_KEYS if is_possessive(j["answer"].get(k))]
+        if not todo:
+            return
+        seeds = [(j["row"]["seed"] + 7 * (i + 1)) % (2**31 - 1) for i, (j, _) in enumerate(todo)]
+        prompts = [self._build(spec, f"Phrase: {j['answer'][k]}", s) for (j, k), s in zip(todo, seeds)]
+        for (j, k), res in zip(todo, self._ask(prompts, [spec] * len(todo), seeds)):
+            ans, _, _ = validate_answer(res.text, spec.answer_schema, "")
+            plain = ans.get("object") if ans else None
+            # the answer must be a part of the phrase, not a new object; else the rule decides
+            source = "llm" if plain and plain.lower() in j["answer"][k].lower() and not is_possessive(plain) else "rule"
+            j["answer"][f"{k}_plain"] = plain if source == "llm" else strip_possession(j["answer"][k])
+            j.setdefault("depossess", {})[k] = source
+            j["tokens"] += res.completion_tokens or 0
 
     def process(self, rows: list[dict]) -> None:
         jobs = [j for j in (self._prepare(r) for r in rows) if j is not None]
@@ -70,41 +131,30 @@ class InstructStage(Stage):
             todo = [j for j in jobs if "answer" not in j and j["row"]["status"] == "pending"]
             if not todo:
                 break
-            reqs, keys = [], []
             for j in todo:
-                seed = (j["row"]["seed"] + 1_000_003 * attempt) % (2**31 - 1)
-                p = build(j["spec"], j["query"], seed, keep_fraction=self.llm.keep_fraction)
-                j.update(prompt=p, llm_seed=seed)
-                schema = j["spec"].answer_schema if self.llm.structured_output else None
-                reqs.append(ChatRequest(messages=p.messages, seed=seed, temperature=self.llm.temperature,
-                                        top_p=self.llm.top_p, max_tokens=self.llm.max_tokens, json_schema=schema))
-                keys.append(request_key(self.backend.model, p.messages, seed, self.llm.temperature,
-                                        self.llm.top_p, self.llm.max_tokens, schema))
-            results: list[ChatResult | None] = []
-            for k in keys:
-                hit = self.cache.get(k)
-                results.append(ChatResult(text=hit["text"], error=None, completion_tokens=hit.get("tokens", 0)) if hit else None)
-            miss = [i for i, r in enumerate(results) if r is None]
-            if miss:
-                fresh = self.backend.generate([reqs[i] for i in miss])
-                for i, res in zip(miss, fresh):
-                    results[i] = res
-                    if res.error is None and res.text is not None:
-                        self.cache.put(keys[i], {"text": res.text, "tokens": res.completion_tokens})
+                j["llm_seed"] = (j["row"]["seed"] + 1_000_003 * attempt) % (2**31 - 1)
+                j["prompt"] = self._build(j["spec"], j["query"], j["llm_seed"])
+            results = self._ask([j["prompt"] for j in todo], [j["spec"] for j in todo], [j["llm_seed"] for j in todo])
             for j, res in zip(todo, results):
                 j["tries"] += 1
                 j["tokens"] += res.completion_tokens or 0
                 if res.error is not None:
                     j["last"] = ("llm_error", res.error)
                     continue
-                ans, reason, detail = validate_answer(res.text, j["spec"].answer_schema, j["row"]["caption"])
-                if ans is not None:
-                    reason = j["task"].check_answer(j["row"]["caption"], ans, json.loads(j["row"]["plan"]))
-                    detail = ""
-                if reason:
-                    j["last"] = (reason, detail)
+                ans, reason, detail = self._check(j, res.text)
+                if ans is None:
+                    j["last"] = (reason, detail or (res.text or "")[:200])
                     continue
                 j["answer"] = ans
+        # 6. the same instruction twice for one caption: keep the first sample (plan order)
+        seen: set[tuple[str, str]] = set()
+        for j in sorted((j for j in jobs if "answer" in j), key=lambda j: j["row"]["sample_index"]):
+            key = (j["row"]["caption"], normalise_instruction(j["answer"]["instruction"]))
+            if key in seen:
+                j["duplicate"] = True
+            seen.add(key)
+        if self.llm.depossess:
+            self._depossess([j for j in jobs if "answer" in j and not j.get("duplicate")])
         for j in jobs:
             row, p = j["row"], j.get("prompt")
             row["llm"] = json.dumps({
@@ -112,10 +162,12 @@ class InstructStage(Stage):
                 "prompt_hash": p.prompt_hash if p else None, "prompt_file_hash": j["spec"].file_hash,
                 "exemplar_ids": p.exemplar_ids if p else None, "intro_verb": p.intro_verb if p else None,
                 "verb_swaps": p.verb_swaps if p else None, "seed": j.get("llm_seed"),
-                "tries": j["tries"], "completion_tokens": j["tokens"],
+                "tries": j["tries"], "completion_tokens": j["tokens"], "depossess": j.get("depossess"),
             })
             if "answer" in j:
                 row["answer"] = json.dumps(j["answer"], sort_keys=True)
+                if j.get("duplicate"):
+                    reject(row, self.name, "duplicate_instruction", j["answer"]["instruction"][:200])
             elif row["status"] == "pending":
                 reason, detail = j.get("last", ("llm_error", "no answer"))
                 reject(row, self.name, reason, detail)

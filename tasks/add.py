@@ -1,0 +1,47 @@
+"""The "add" region task (Emu Edit): add one new object to the scene ("put a hat on the dog").
+Instruction agent only; the pair generator (generate y from the output caption, mask the added
+object in y, mask-blended prompt-to-prompt back to x with the input caption) comes later.
+
+Answer keys (all strings): ``instruction``; ``original_object`` — always "" (nothing is replaced);
+``edited_object`` — the added object, a short detector phrase that is NOT in the input caption and
+IS in ``output_caption``; ``output_caption``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tasks import register
+from tasks.base import Task
+from tasks.phrases import appears_in
+
+
+def render_query(caption: str) -> str:
+    return f"Caption: {caption}"
+
+
+@register
+class AddTask(Task):
+    name = "add"
+    stage = "diffusion"
+    needs_input_image = False            # the base image is generated from the caption
+    prompt_file = "add.yaml"
+
+    def plan(self, rng: np.random.Generator, caption: str) -> dict[str, Any]:
+        return {}
+
+    def llm_query(self, caption: str, plan: dict[str, Any]) -> str:
+        return render_query(caption)
+
+    def check_answer(self, caption: str, answer: dict[str, Any], plan: dict[str, Any]) -> str | None:
+        original = str(answer.get("original_object") or "")
+        edited = str(answer.get("edited_object") or "")
+        output = str(answer.get("output_caption") or "")
+        if original.strip():                           # the schema also says so (maxLength 0)
+            return "original_not_empty"
+        if appears_in(edited, caption):
+            return "edited_already_in_caption"
+        if not appears_in(edited, output):
+            return "edited_not_in_output"
+        return None

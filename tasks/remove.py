@@ -1,0 +1,47 @@
+"""The "remove" region task (Emu Edit): remove one object from the scene ("take the vase off the
+table"). Instruction agent only; the pair generator (generate x from the caption, mask the object,
+mask-blended prompt-to-prompt to y with the output caption) comes later.
+
+Answer keys (all strings): ``instruction``; ``original_object`` — the object to remove, a short
+detector phrase that appears in the input caption; ``edited_object`` — always ""; ``output_caption``
+— the scene without it (the object's head noun must not appear in it).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tasks import register
+from tasks.base import Task
+from tasks.phrases import appears_in
+
+
+def render_query(caption: str) -> str:
+    return f"Caption: {caption}"
+
+
+@register
+class RemoveTask(Task):
+    name = "remove"
+    stage = "diffusion"
+    needs_input_image = False            # the base image is generated from the caption
+    prompt_file = "remove.yaml"
+
+    def plan(self, rng: np.random.Generator, caption: str) -> dict[str, Any]:
+        return {}
+
+    def llm_query(self, caption: str, plan: dict[str, Any]) -> str:
+        return render_query(caption)
+
+    def check_answer(self, caption: str, answer: dict[str, Any], plan: dict[str, Any]) -> str | None:
+        original = str(answer.get("original_object") or "")
+        edited = str(answer.get("edited_object") or "")
+        output = str(answer.get("output_caption") or "")
+        if edited.strip():                             # the schema also says so (maxLength 0)
+            return "edited_not_empty"
+        if not appears_in(original, caption):
+            return "original_not_in_caption"
+        if appears_in(original, output):
+            return "removed_object_still_in_output"
+        return None

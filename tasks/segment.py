@@ -1,0 +1,36 @@
+"""The "segment" vision task (Emu Edit): the output is the input photo with one object's pixels
+painted over ("segment the dog").
+
+Instruction agent only: ``plan`` is empty, the query is the caption, and the agent answers with an
+instruction and ``edited_object``, the object to segment as a short detector phrase whose head noun
+must occur in the caption. The pair generator (detector + SAM mask painted on the image, DESIGN.md
+§3) lands later; until then ``make_pair`` keeps the base default ("no_generator").
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tasks import register
+from tasks.base import Task
+from tasks.phrases import appears_in
+
+
+@register
+class SegmentTask(Task):
+    name = "segment"
+    stage = "grounding"
+    needs_input_image = True
+    prompt_file = "segment.yaml"
+
+    def plan(self, rng: np.random.Generator, caption: str) -> dict[str, Any]:
+        return {}
+
+    def llm_query(self, caption: str, plan: dict[str, Any]) -> str:
+        return f"Caption: {caption.strip()}"
+
+    def check_answer(self, caption: str, answer: dict[str, Any], plan: dict[str, Any]) -> str | None:
+        if not appears_in(answer.get("edited_object", ""), caption):
+            return "object_not_in_caption"
+        return None

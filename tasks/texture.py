@@ -1,0 +1,52 @@
+"""The "texture" region task (Emu Edit): change the material, surface or pattern of one object
+("make the table marble"). Instruction agent only; the pair generator (as for "local") comes later.
+
+Answer keys (all strings): ``instruction``; ``original_object`` — the object as it is, a short
+detector phrase that appears in the input caption; ``edited_object`` — the same object with its new
+texture ("a marble table"), which appears in ``output_caption``; ``output_caption``.
+
+Checks: the original object is in the caption, the edited one in the output caption, the edited
+phrase differs from the original after normalisation (the texture word makes the difference), and
+both name the same thing (same head noun: a texture edit keeps the object, "local" swaps it).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tasks import register
+from tasks.base import Task
+from tasks.phrases import appears_in, head_noun, same_phrase
+
+
+def render_query(caption: str) -> str:
+    return f"Caption: {caption}"
+
+
+@register
+class TextureTask(Task):
+    name = "texture"
+    stage = "diffusion"
+    needs_input_image = False            # the base image is generated from the caption
+    prompt_file = "texture.yaml"
+
+    def plan(self, rng: np.random.Generator, caption: str) -> dict[str, Any]:
+        return {}
+
+    def llm_query(self, caption: str, plan: dict[str, Any]) -> str:
+        return render_query(caption)
+
+    def check_answer(self, caption: str, answer: dict[str, Any], plan: dict[str, Any]) -> str | None:
+        original = str(answer.get("original_object") or "")
+        edited = str(answer.get("edited_object") or "")
+        output = str(answer.get("output_caption") or "")
+        if not appears_in(original, caption):
+            return "original_not_in_caption"
+        if not appears_in(edited, output):
+            return "edited_not_in_output"
+        if same_phrase(edited, original):
+            return "object_unchanged"
+        if head_noun(edited) != head_noun(original):
+            return "texture_changes_object"
+        return None
