@@ -128,3 +128,17 @@ def is_possessive(phrase: str) -> bool:
         if not before or before[0].lower() not in _CONTRACTIONS:
             return True
     return False
+
+
+# "<owner>'s <object>" with something after the possessive; contractions are not possession.
+_OWNER_PREFIX = re.compile(r"^(?:.*?\b)?(?!(?:it|that|there|here|what|who|he|she|let)(?:'|’))[\w-]+(?:'s|s'|’s|s’)\s+(?P<rest>.+)$",
+                           re.IGNORECASE)
+
+
+def strip_possession(phrase: str) -> str:
+    """Rule-based fallback when the LLM's de-possessed phrase is unusable: drop everything up to
+    the last possessive ("the old man's walking stick" → "walking stick")."""
+    out = phrase.strip()
+    while (m := _OWNER_PREFIX.match(out)) is not None:
+        out = m.group("rest").strip()
+    return out

@@ -25,6 +25,9 @@ ANSWERS = {
     "fenced": (200, '```json\n{"instruction": "Make it darker", "output_caption": "a darker fenced photo"}\n```'),
     "error": (500, "internal error"),
     "short": (200, '{"instruction": "Dark", "output_caption": "a dark short photo"}'),
+    "possessive": (200, json.dumps({"instruction": "Turn the dog's tail into a fluffy scarf",
+                                    "original_object": "the dog's tail", "edited_object": "a fluffy scarf",
+                                    "output_caption": "a dog wearing a fluffy scarf on a lawn"})),
     "twice": (200, '{"instruction": "Make the whole photo darker", "output_caption": "a darker photo, twice"}'),
 }
 
@@ -47,8 +50,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         caption = req["messages"][-1]["content"]
-        key = next(k for k in ANSWERS if k in caption)
-        code, text = ANSWERS[key]
+        if caption.startswith("Phrase: "):          # the de-possession agent
+            code, text = 200, json.dumps({"object": caption.split("'s ", 1)[-1]})
+        else:
+            code, text = ANSWERS[next(k for k in ANSWERS if k in caption)]
         if code != 200:
             return self._send(code, text)
         self._send(200, {"choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
@@ -96,3 +101,15 @@ def test_length_bounds_and_duplicates_for_one_caption(fake_server, tmp_path):
     assert all(r["reject_reason"] == "instruction_length" for r in short)
     assert [r["status"] for r in twice] == ["pending", "rejected", "rejected"]
     assert {r["reject_reason"] for r in twice[1:]} == {"duplicate_instruction"}
+
+
+def test_possessive_object_gets_a_second_prompt_and_both_phrases_are_kept(fake_server, tmp_path):
+    from pipeline.agents_report import _rows   # agent-only task (no generator yet): rows built directly
+    cfg = JobConfig.model_validate({"llm": {"url": fake_server, "retries": 0, "cache": False}})
+    rows = _rows(["possessive photo of a dog's tail on a lawn"], ["local"], seed=0)
+    (row,) = InstructStage(cfg.model_dump(mode="json"))(flow_table(rows)).to_pylist()
+    ans = json.loads(row["answer"])
+    assert row["status"] == "pending"
+    assert ans["original_object"] == "the dog's tail" and ans["original_object_plain"] == "tail"
+    assert "edited_object_plain" not in ans                   # not possessive: no second prompt
+    assert json.loads(row["llm"])["depossess"] == {"original_object": "llm"}

@@ -56,23 +56,7 @@ def _norm(s: str) -> str:
     return re.sub(r"\W+", " ", s.lower()).strip()
 
 
-# "<owner>'s <object>"; contractions such as "it's" or "there's" are not possession.
-_POSSESSIVE = re.compile(r"^(?:.*?\b)?(?!(?:it|that|there|here|what|who|he|she|let)(?:'|’))[\w-]+(?:'s|s'|’s|s’)\s+(?P<rest>.+)$",
-                         re.IGNORECASE)
 OBJECT_KEYS = ("original_object", "edited_object")
-
-
-def is_possessive(phrase: str | None) -> bool:
-    return bool(phrase) and _POSSESSIVE.match(phrase.strip()) is not None
-
-
-def strip_possession(phrase: str) -> str:
-    """Rule-based fallback when the LLM's de-possessed phrase is unusable: drop everything up to
-    the last possessive ("the old man's walking stick" → "walking stick")."""
-    out = phrase.strip()
-    while (m := _POSSESSIVE.match(out)) is not None:
-        out = m.group("rest").strip()
-    return out
 
 
 def instruction_issue(answer: dict, caption: str, min_chars: int, max_chars: int) -> tuple[str, str] | None:

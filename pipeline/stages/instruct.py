@@ -18,14 +18,14 @@ import json
 
 import numpy as np
 
-from pipeline.llm.answers import (OBJECT_KEYS, instruction_issue, is_possessive, normalise_instruction,
-                                  strip_possession, validate_answer)
+from pipeline.llm.answers import OBJECT_KEYS, instruction_issue, normalise_instruction, validate_answer
 from pipeline.llm.backends import ChatRequest, ChatResult
 from pipeline.llm.cache import AnswerCache, request_key
 from pipeline.llm.prompt import build, load_prompt
 from pipeline.schema import reject
 from pipeline.stages.base import Stage
 from tasks import get_task
+from tasks.phrases import is_possessive, strip_possession
 
 
 def make_backend(llm):
