@@ -10,15 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from tasks import register
 from tasks.base import Task
 from tasks.phrases import appears_in
-
-
-def render_query(caption: str) -> str:
-    return f"Caption: {caption}"
 
 
 @register
@@ -28,11 +22,6 @@ class AddTask(Task):
     needs_input_image = False            # the base image is generated from the caption
     prompt_file = "add.yaml"
 
-    def plan(self, rng: np.random.Generator, caption: str) -> dict[str, Any]:
-        return {}
-
-    def llm_query(self, caption: str, plan: dict[str, Any]) -> str:
-        return render_query(caption)
 
     def check_answer(self, caption: str, answer: dict[str, Any], plan: dict[str, Any]) -> str | None:
         original = str(answer.get("original_object") or "")

@@ -49,7 +49,7 @@ class Task(ABC):
         return {}
 
     def llm_query(self, caption: str, plan: dict[str, Any]) -> str:
-        return f"Caption: {caption}"
+        return f"Caption: {caption.strip()}"
 
     def check_answer(self, caption: str, answer: dict[str, Any], plan: dict[str, Any]) -> str | None:
         """Task-specific answer check after schema validation; return a reject reason (a short

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from tasks import register
 from tasks.base import Task
 from tasks.phrases import appears_in
@@ -24,11 +22,6 @@ class DetectTask(Task):
     needs_input_image = True
     prompt_file = "detect.yaml"
 
-    def plan(self, rng: np.random.Generator, caption: str) -> dict[str, Any]:
-        return {}
-
-    def llm_query(self, caption: str, plan: dict[str, Any]) -> str:
-        return f"Caption: {caption.strip()}"
 
     def check_answer(self, caption: str, answer: dict[str, Any], plan: dict[str, Any]) -> str | None:
         if not appears_in(answer.get("edited_object", ""), caption):

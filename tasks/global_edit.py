@@ -12,8 +12,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import numpy as np
-
 from tasks import register
 from tasks.base import Task
 
@@ -38,11 +36,6 @@ class GlobalTask(Task):
     needs_input_image = False          # the base image is generated from the caption
     prompt_file = "global.yaml"
 
-    def plan(self, rng: np.random.Generator, caption: str) -> dict[str, Any]:
-        return {}
-
-    def llm_query(self, caption: str, plan: dict[str, Any]) -> str:
-        return f"Caption: {caption.strip()}"
 
     def check_answer(self, caption: str, answer: dict[str, Any], plan: dict[str, Any]) -> str | None:
         if too_similar(caption, answer.get("output_caption", "")):

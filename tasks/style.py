@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from tasks import register
 from tasks.base import Task
 from tasks.phrases import normalise_words
@@ -41,11 +39,6 @@ class StyleTask(Task):
     needs_input_image = True           # stylises a real photo
     prompt_file = "style.yaml"
 
-    def plan(self, rng: np.random.Generator, caption: str) -> dict[str, Any]:
-        return {}
-
-    def llm_query(self, caption: str, plan: dict[str, Any]) -> str:
-        return f"Caption: {caption.strip()}"
 
     def check_answer(self, caption: str, answer: dict[str, Any], plan: dict[str, Any]) -> str | None:
         if not style_in_text(answer.get("style", ""), answer.get("output_caption", "")):

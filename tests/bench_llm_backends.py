@@ -62,8 +62,34 @@ def fewshot_messages(i: int) -> list[dict]:
     return msgs
 
 
+REQUESTS = "toy"   # "agents": the real agent prompts (set by --requests)
+
+
+def agent_requests(n: int, json_schema: bool = False, max_tokens: int = 160, seed0: int = 0) -> list[ChatRequest]:
+    """The pipeline's real requests: every task's agent prompt (shuffled, 60%, verb swaps) on the
+    evaluation captions, tasks round-robin — what the instruct stage sends."""
+    from pipeline.llm.prompt import build, load_prompt
+    from tasks import get_task, with_agents
+    import numpy as np
+
+    caps = [c for c in (ROOT / "pipeline" / "captions_eval.txt").read_text().splitlines() if c.strip()]
+    tasks = with_agents()
+    out = []
+    for i in range(n):
+        task = get_task(tasks[i % len(tasks)])
+        cap = caps[i % len(caps)]
+        spec = load_prompt(task.prompt_file.removesuffix(".yaml"))
+        plan = task.plan(np.random.default_rng(seed0 + i), cap)
+        p = build(spec, task.llm_query(cap, plan), seed0 + i)
+        out.append(ChatRequest(messages=p.messages, seed=seed0 + i, max_tokens=max_tokens,
+                               json_schema=spec.answer_schema if json_schema else None))
+    return out
+
+
 def fewshot_requests(n: int, json_schema: bool = False, max_tokens: int = 60,
                      seed0: int = 0) -> list[ChatRequest]:
+    if REQUESTS == "agents" and n > 2:
+        return agent_requests(n, json_schema=json_schema, seed0=seed0)
     return [ChatRequest(messages=fewshot_messages(i), seed=seed0 + i, max_tokens=max_tokens,
                         json_schema=SCHEMA if json_schema else None) for i in range(n)]
 
@@ -96,7 +122,7 @@ def bench_server(n: int, concurrency: int, log_path: str, schema: bool) -> list[
 
     rows = []
     with VLLMServer(python=LLM_PYTHON, model_dir=MODEL_DIR, served_name="smollm2-135m-instruct",
-                    log_path=log_path) as srv:
+                    log_path=log_path, max_model_len=4096) as srv:
         print(f"server ready in {srv.startup_s:.1f}s at {srv.url} (log {log_path})", flush=True)
         be = OpenAIServerBackend(srv.url, srv.served_name, concurrency=concurrency)
         be.generate(fewshot_requests(2, max_tokens=8))  # warm-up
@@ -148,6 +174,8 @@ def bench_engine(n: int, schema: bool) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=16)
+    ap.add_argument("--requests", choices=["toy", "agents"], default="toy",
+                    help="toy: 3-shot toy prompts; agents: the real agent prompts of every task")
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--dtype", default="bfloat16")
@@ -157,6 +185,8 @@ def main() -> None:
     ap.add_argument("--engine-only", action="store_true", help="run in .venv-llm")
     ap.add_argument("--log", default=str(Path(tempfile.gettempdir()) / "bench_vllm_server.log"))
     a = ap.parse_args()
+    global REQUESTS
+    REQUESTS = a.requests
     if a.engine_only:
         bench_engine(a.n, a.schema)
         return
