@@ -130,6 +130,11 @@ class RayConfig(_Strict):
     num_cpus: float | None = Field(None, gt=0, description="Logical CPUs for an embedded Ray (more than cores is fine: stages mostly wait on the LLM).")
 
 
+def _runnable_tasks() -> list[str]:
+    from tasks import implemented
+    return implemented()
+
+
 class ModelsConfig(_Strict):
     """Vision model checkpoints by role: a hub id or a local folder; ``tiny-random`` builds a
     random-init model from a small config with the real library class (the embedded default)."""
@@ -145,8 +150,9 @@ class ModelsConfig(_Strict):
 class JobConfig(_Strict):
     name: str = Field("pairforge-job", description="Job name, recorded in provenance.")
     seed: int = Field(0, description="Job seed: ids, task draws, plans and LLM seeds derive from it.")
-    tasks: dict[str, float] = Field(default_factory=lambda: {"color": 1.0},
-                                    description="Task mix: task name → weight (normalised). A source task column overrides it.")
+    tasks: dict[str, float] = Field(default_factory=lambda: {t: 1.0 for t in _runnable_tasks()},
+                                    description="Task mix: task name → weight (normalised); default: every runnable "
+                                    "task with equal weight. A source task column overrides it.")
     source: SourceConfig = Field(default_factory=SourceConfig, description="Where captions and images come from.")
     llm: LLMConfig = Field(default_factory=LLMConfig, description="Instruction agent backend.")
     stages: StagesConfig = Field(default_factory=StagesConfig, description="Actor pools per stage.")

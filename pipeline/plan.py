@@ -13,7 +13,7 @@ import numpy as np
 from pipeline.config import JobConfig
 from pipeline.schema import new_flow_row, reject, sample_id, sample_seed
 from pipeline.sources import iter_source
-from tasks import TASK_IDS, implemented
+from tasks import TASK_IDS, implemented, with_agents
 
 
 def _draw_task(names: list[str], p: np.ndarray, seed: int, source_id: str, attempt: int) -> str:
@@ -26,7 +26,7 @@ def build_plan(cfg: JobConfig) -> list[dict]:
     names = sorted(cfg.tasks, key=TASK_IDS.get)
     w = np.array([cfg.tasks[n] for n in names], dtype=float)
     p = w / w.sum()
-    impl = set(implemented())
+    impl, agents = set(implemented()), set(with_agents())
     rows: list[dict] = []
     for src in iter_source(cfg.source):
         for attempt in range(cfg.source.repeats):
@@ -38,7 +38,9 @@ def build_plan(cfg: JobConfig) -> list[dict]:
             if src.error:
                 code, _, detail = src.error.partition(": ")
                 reject(row, "source", code, detail)
+            elif task in agents and task not in impl:
+                reject(row, "source", "no_generator", f"task {task!r} has an agent but no pair generator yet")
             elif task not in impl:
-                reject(row, "source", "unknown_task", f"{task!r} is not an implemented task")
+                reject(row, "source", "unknown_task", f"{task!r} is not a task")
             rows.append(row)
     return rows
