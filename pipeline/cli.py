@@ -63,6 +63,9 @@ def cmd_stats(a) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(s, indent=1) if a.json else format_stats(s))
+    if a.html:
+        from pipeline.report_html import write_html
+        print(f"HTML report: {write_html(a.out, a.html)}", file=sys.stderr)
     return 0
 
 
@@ -103,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("stats", help="per-task counts, acceptance, reject reasons, scores and parameters")
     s.add_argument("out", help="output folder of a job")
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--html", metavar="FILE", help="also write an HTML page with thumbnails of accepted and rejected pairs")
     s.set_defaults(fn=cmd_stats)
 
     v = sub.add_parser("verify", help="check schema, counts and checksums; exit 1 on any problem")

@@ -86,3 +86,12 @@ def test_verify_flags_id_tampering(tmp_path):
     (out / "job.resolved.yaml").write_text("seed: 6\n")      # ids no longer recompute
     problems = verify(out)
     assert any("does not match" in p for p in problems)
+
+
+def test_html_report_shows_pairs_and_reasons(tmp_path):
+    from pipeline.report_html import write_html
+    out = tmp_path / "o"
+    _write(out, _rows(), 3)
+    page = write_html(out, tmp_path / "r.html").read_text()
+    assert page.count('<img src="data:image/jpeg;base64,') == 2 * 10      # input + output of every row
+    assert "filter: no_visible_change" in page and "invert 0" in page
