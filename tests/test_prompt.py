@@ -77,3 +77,4 @@ def test_fixed_prompt_baseline_keeps_everything_in_order():
     spec = _spec()
     p = build(spec, "q", 5, keep_fraction=1.0, shuffle=False, swap=False)
     assert p.exemplar_ids == [e["id"] for e in spec.exemplars] and p.verb_swaps == {}
+    assert build(spec, "other query", 6, keep_fraction=1.0, shuffle=False, swap=False).messages[:-1] == p.messages[:-1]

@@ -106,7 +106,9 @@ def build(spec: PromptSpec, query: str, seed: int, *, keep_fraction: float = 0.6
     """Render one prompt. ``shuffle=False, keep_fraction=1, swap=False`` gives the fixed prompt
     (all exemplars, file order) used as the baseline when measuring diversity."""
     rng = np.random.default_rng([seed, 0x5EED])
-    intro_verb = spec.verbs[int(rng.integers(len(spec.verbs)))]
+    # The introduction's verb is drawn too, unless verbs are not swapped (the fixed baseline: one
+    # prompt prefix per task, which the server's prefix cache then serves for every caption).
+    intro_verb = spec.verbs[int(rng.integers(len(spec.verbs)))] if swap else spec.verbs[0]
     n = len(spec.exemplars)
     n_keep = n if keep_fraction >= 1 else max(1, round(keep_fraction * n))
     if shuffle:
