@@ -14,7 +14,7 @@ from typing import Any
 
 from tasks import register
 from tasks.base import Task
-from tasks.phrases import appears_in, contains_phrase, same_phrase
+from tasks.phrases import appears_in, contains_phrase, region_fields, same_phrase
 
 
 @register
@@ -24,11 +24,8 @@ class BackgroundTask(Task):
     needs_input_image = True             # edits the background of a real photo
     prompt_file = "background.yaml"
 
-
     def check_answer(self, caption: str, answer: dict[str, Any], plan: dict[str, Any]) -> str | None:
-        original = str(answer.get("original_object") or "")
-        edited = str(answer.get("edited_object") or "")
-        output = str(answer.get("output_caption") or "")
+        original, edited, output = region_fields(answer)
         if not appears_in(edited, output):
             return "edited_not_in_output"
         if (original.strip() and same_phrase(edited, original)) or contains_phrase(caption, edited):

@@ -142,3 +142,8 @@ def strip_possession(phrase: str) -> str:
     while (m := _OWNER_PREFIX.match(out)) is not None:
         out = m.group("rest").strip()
     return out
+
+
+def region_fields(answer: dict) -> tuple[str, str, str]:
+    """(original_object, edited_object, output_caption) of a region answer, as strings."""
+    return tuple(str(answer.get(k) or "") for k in ("original_object", "edited_object", "output_caption"))

@@ -12,7 +12,7 @@ from typing import Any
 
 from tasks import register
 from tasks.base import Task
-from tasks.phrases import appears_in
+from tasks.phrases import appears_in, region_fields
 
 
 @register
@@ -22,11 +22,8 @@ class RemoveTask(Task):
     needs_input_image = False            # the base image is generated from the caption
     prompt_file = "remove.yaml"
 
-
     def check_answer(self, caption: str, answer: dict[str, Any], plan: dict[str, Any]) -> str | None:
-        original = str(answer.get("original_object") or "")
-        edited = str(answer.get("edited_object") or "")
-        output = str(answer.get("output_caption") or "")
+        original, edited, output = region_fields(answer)
         if edited.strip():                             # the schema also says so (maxLength 0)
             return "edited_not_empty"
         if not appears_in(original, caption):

@@ -14,6 +14,8 @@ imported inside the classes that need them, so this module imports in every envi
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import json
 import logging
 import threading
@@ -49,14 +51,15 @@ class ChatResult:
     finish_reason: str | None = None
 
 
-class LLMBackend:
+class LLMBackend(ABC):
     """Base class. Subclasses set ``name`` and ``model`` and implement ``generate``."""
 
     name: str = "base"
     model: str = ""
 
-    def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        """One result per request, in order; never raises for one bad request."""
 
     def close(self) -> None:
         pass
