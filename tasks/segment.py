@@ -3,27 +3,16 @@ painted over ("segment the dog").
 
 Instruction agent only: ``plan`` is empty, the query is the caption, and the agent answers with an
 instruction and ``edited_object``, the object to segment as a short detector phrase whose head noun
-must occur in the caption. The pair generator (detector + SAM mask painted on the image, DESIGN.md
+must occur in the caption — the same answer and check as detect, so it subclasses DetectTask. The pair generator (detector + SAM mask painted on the image, DESIGN.md
 §3) lands later; until then ``make_pair`` keeps the base default ("no_generator").
 """
 from __future__ import annotations
 
-from typing import Any
-
 from tasks import register
-from tasks.base import Task
-from tasks.phrases import appears_in
+from tasks.detect import DetectTask
 
 
 @register
-class SegmentTask(Task):
+class SegmentTask(DetectTask):
     name = "segment"
-    stage = "grounding"
-    needs_input_image = True
     prompt_file = "segment.yaml"
-
-
-    def check_answer(self, caption: str, answer: dict[str, Any], plan: dict[str, Any]) -> str | None:
-        if not appears_in(answer.get("edited_object", ""), caption):
-            return "object_not_in_caption"
-        return None
