@@ -39,6 +39,9 @@ FEATURES = Features({
     "output_image": Image(),
     "mask": Image(),
     "mask_variant": Value("string"),
+    # every mask the grounding stage made for the sample, each with its variant name
+    # (precise / dilated_blurred / bbox / background); `mask` above is the one the kept pair used
+    "masks": List({"variant": Value("string"), "mask": Image()}),
     "params": Value("string"),          # JSON: every sampled generation parameter
     "scores": {k: Value("float64") for k in SCORE_FIELDS},
     "status": Value("string"),          # accepted | rejected
@@ -63,6 +66,8 @@ FEATURES = Features({
         "image_source": Value("string"),
         "models": Value("string"),      # JSON: role -> model id
         "depossess": Value("string"),   # JSON: object key -> "llm" | "rule" (who removed the possession)
+        "grounding": Value("string"),   # JSON: phrase used, boxes, scores, detector/segmenter ids
+        "candidates": Value("string"),  # JSON: every candidate's params, scores and verdict; which was kept
     },
 })
 RECORD_SCHEMA: pa.Schema = FEATURES.arrow_schema
@@ -90,6 +95,16 @@ FLOW_SCHEMA = pa.schema([
     ("mask_variant", pa.string()),
     ("params", pa.string()),           # JSON
     ("scores", pa.string()),           # JSON
+    # grounding stage output: every mask variant, and what was detected (JSON)
+    ("masks", pa.list_(pa.struct([("variant", pa.string()), ("png", pa.binary())]))),
+    ("grounding", pa.string()),
+    # generators that make several candidates per sample put them here (output_png stays null);
+    # the filter stage scores them all, keeps the best passing one in input/output/mask_png and
+    # records every candidate's scores in ``candidates_report`` (JSON)
+    ("candidates", pa.list_(pa.struct([("input_png", pa.binary()), ("output_png", pa.binary()),
+                                       ("mask_png", pa.binary()), ("mask_variant", pa.string()),
+                                       ("params", pa.string())]))),
+    ("candidates_report", pa.string()),
 ])
 
 
@@ -159,6 +174,8 @@ def to_record(row: dict, *, job_name: str, config_hash: str, code_version: str) 
         "output_image": _img(row["output_png"], f"{sid}_output.png"),
         "mask": _img(row["mask_png"], f"{sid}_mask.png"),
         "mask_variant": row["mask_variant"],
+        "masks": [{"variant": m["variant"], "mask": _img(m["png"], f"{sid}_mask_{m['variant']}.png")}
+                  for m in (row.get("masks") or [])],
         "params": row["params"],
         "scores": {k: scores.get(k) for k in SCORE_FIELDS},
         "status": "accepted" if accepted else "rejected",
@@ -183,6 +200,8 @@ def to_record(row: dict, *, job_name: str, config_hash: str, code_version: str) 
             "image_source": row["image_ref"],
             "models": json.dumps(llm.get("models") or {}, sort_keys=True),
             "depossess": json.dumps(llm["depossess"], sort_keys=True) if llm.get("depossess") else None,
+            "grounding": row.get("grounding"),
+            "candidates": row.get("candidates_report"),
         },
     }
 
