@@ -1,16 +1,26 @@
-"""Quality filters. ``build_filters`` turns the job's filter config into filter instances; a new
-filter is one module here plus one line below."""
+"""Quality filters. ``build_filters`` turns the job config into filter instances, loading only the
+models some task of the job needs; a new filter is one module here plus a line below."""
 from __future__ import annotations
 
 from filters.base import Candidate, Filter, Verdict
 
 
 def build_filters(cfg) -> list[Filter]:
+    """``cfg`` is the JobConfig (filters block + model specs + task mix)."""
+    from filters.clip_metrics import ClipMetricsFilter
     from filters.color_checks import ExposureFilter, VisibleChangeFilter
-    return [
-        VisibleChangeFilter(min_l1=cfg.min_change_l1),
-        ExposureFilter(max_clipped=cfg.max_clipped_frac),
-    ]
+    from filters.depth_structure import DepthL1Filter
+
+    fc, tasks = cfg.filters, set(cfg.tasks)
+    out: list[Filter] = [VisibleChangeFilter(min_l1=fc.min_change_l1), ExposureFilter(max_clipped=fc.max_clipped_frac),
+                         ClipMetricsFilter(fc, clip=cfg.models.clip, dino=cfg.models.dino)]
+    if any(fc.resolved_rules(t).get("depth_l1") for t in tasks):
+        out.append(DepthL1Filter(fc, depth=cfg.models.depth))
+    if fc.detector_checks and tasks & {"add", "remove", "local"}:
+        from filters.detector_checks import DetectorChecks
+        from pipeline.grounding.detector import build_detector
+        out.append(DetectorChecks(build_detector(cfg.models.detector, cfg.grounding)))
+    return out
 
 
 __all__ = ["Candidate", "Filter", "Verdict", "build_filters"]

@@ -52,7 +52,7 @@ class VisibleChangeFilter(Filter):
             return Verdict(False, bad, {})
         l1 = mean_abs_diff(c.input_image, c.output_image)
         if l1 < self.min_l1:
-            return Verdict(False, "no_visible_change", {"l1": l1})
+            return Verdict(False, "no_visible_change", {"l1": l1}, f"l1 {l1:.4f} < min {self.min_l1}")
         return Verdict(True, None, {"l1": l1})
 
 

@@ -86,6 +86,27 @@ def cmd_bench(a) -> int:
     return bench_main(a)
 
 
+def cmd_task_predictor(a) -> int:
+    from filters.task_predictor import load_training_rows, train_and_evaluate
+
+    rows = load_training_rows(a.sources)
+    if not rows:
+        print(f"no instructions found in {a.sources}", file=sys.stderr)
+        return 2
+    model, rep = train_and_evaluate(rows, holdout=a.holdout)
+    model.save(a.out)
+    rep["saved"] = a.out
+    if a.json:
+        print(json.dumps(rep, indent=1))
+    else:
+        print(f"trained on {rep['train']} instructions, held out {rep['heldout']} "
+              f"({rep['heldout_captions']} captions): accuracy {rep['accuracy']:.1%}")
+        print("per task: " + ", ".join(f"{t} {v:.0%}" for t, v in rep["per_task"].items()))
+        print("top confusions: " + ", ".join(f"{k}×{v}" for k, v in rep["top_confusions"].items()))
+        print(f"final model (all {len(rows)} instructions) saved to {a.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="pairforge", description="Generate instruction-based image-editing "
                                 "training pairs on Ray (Emu Edit data pipeline).", epilog=EPILOG,
@@ -133,6 +154,15 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--no-progress", action="store_true")
     g.add_argument("--json", action="store_true")
     g.set_defaults(fn=lambda a: __import__("pipeline.agents_report", fromlist=["main"]).main(a))
+
+    tp = sub.add_parser("task-predictor", help="train the MiniLM task predictor on instructions the pipeline "
+                        "generated and report its held-out accuracy")
+    tp.add_argument("--from", dest="sources", action="append", required=True, metavar="DIR",
+                    help="an agents-report folder (agents_*.jsonl) or a job output folder; repeatable")
+    tp.add_argument("--out", default="filters/data/task_predictor_minilm.npz", help="weights file to write")
+    tp.add_argument("--holdout", type=float, default=0.2, help="fraction of captions held out for the accuracy")
+    tp.add_argument("--json", action="store_true")
+    tp.set_defaults(fn=cmd_task_predictor)
 
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s")

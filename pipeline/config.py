@@ -14,6 +14,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from filters.config import FilterConfig  # noqa: E402  (the filters block lives with the filters)
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -110,12 +112,6 @@ class StagesConfig(_Strict):
                                    description="Filter stage.")
 
 
-class FilterConfig(_Strict):
-    enabled: bool = Field(True, description="Run the filters; off keeps every generated pair (scores still computed).")
-    min_change_l1: float = Field(0.008, ge=0, le=1, description="color: mean |x−y|/255 below this is 'no_visible_change'.")
-    max_clipped_frac: float = Field(0.35, ge=0, le=1, description="color: output fraction of clipped pixels above this is rejected.")
-
-
 class OutputConfig(_Strict):
     path: str = Field("out/demo", description="Output folder (local or shared filesystem); `--out` overrides it.")
     rows_per_shard: int = Field(64, ge=1, le=1_000_000, description="Samples per shard; shard k holds samples k·N … (k+1)·N−1 of the plan.")
@@ -186,6 +182,7 @@ class JobConfig(_Strict):
         d["output_layout"] = {"rows_per_shard": self.output.rows_per_shard, "max_side": self.output.max_side}
         d.pop("ray", None)
         d.pop("stages", None)
+        d["filters"].pop("calibrated", None)    # derived from the job's own scores, saved beside it
         for k in ("url", "launch", "concurrency", "timeout_s", "cache_dir", "api_key", "cache"):
             d["llm"].pop(k, None)     # where answers come from and how fast, not what they are
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

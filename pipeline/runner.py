@@ -4,11 +4,13 @@
     2. build the plan; drop shards the manifest already has; clean files a killed run left
     3. launch the vLLM server when the config asks for one (log kept in OUT/logs/)
     4. start or join Ray; chain the stages with map_batches over actor pools
-    5. stream results to the shard writer, which commits each shard when its last row arrives
+    5. quantile filter rules: calibrate thresholds on the job's first samples (OUT/calibration.json)
+    6. stream results to the shard writer, which commits each shard when its last row arrives
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -137,6 +139,7 @@ def run_job(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict:
             cfg.llm.url = url
         if live:
             init_ray(cfg)
+            calibrate(cfg, out, live)
             ds = build_dataset(cfg, live)
             bar = _bar(len(pending), progress)
             bar.update(len(pre))
@@ -154,6 +157,58 @@ def run_job(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict:
         raise RuntimeError(f"shards {sorted(missing)} did not receive all their rows: {missing}")
     summary.update(seconds=round(time.time() - t0, 2), shards_written=len(writer.committed_now))
     return summary
+
+
+def calibrate(cfg: JobConfig, out: Path, live: list[dict]) -> None:
+    """Quantile rules (``keep_top``) need thresholds: run the chain with the filters in score-only
+    mode over the first ``filters.calibration_samples`` samples of each task, take the quantile of
+    all their candidates' scores, save them to OUT/calibration.json and into ``cfg.filters.calibrated``.
+    A rerun (resume) reuses the file, so its decisions are the same as the first run's."""
+    import numpy as np
+
+    from filters.config import HIGHER_IS_BETTER
+
+    fc = cfg.filters
+    if not fc.needs_calibration():
+        return
+    path = out / "calibration.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("config_hash") == cfg.config_hash():
+            fc.calibrated = saved["thresholds"]
+            log.info("quantile thresholds from %s", path)
+            return
+    per_task: dict[str, list[dict]] = {}
+    for r in live:
+        if len(per_task.setdefault(r["task"], [])) < fc.calibration_samples:
+            per_task[r["task"]].append(r)
+    sample = [r for rs in per_task.values() for r in rs]
+    cal = cfg.model_copy(deep=True)
+    cal.filters.enabled = False
+    t0 = time.time()
+    scores: dict[str, dict[str, list[float]]] = {}
+    for batch in build_dataset(cal, sample).iter_batches(batch_format="pyarrow", batch_size=None):
+        for r in batch.to_pylist():
+            if not r["candidates_report"]:
+                continue
+            task = r["final_task"] or r["task"]
+            for c in json.loads(r["candidates_report"])["candidates"]:
+                for m, v in c["scores"].items():
+                    scores.setdefault(task, {}).setdefault(m, []).append(v)
+    thresholds: dict[str, dict[str, dict[str, float]]] = {}
+    for task, per in scores.items():
+        for m, rule in fc.resolved_rules(task).items():
+            if rule.keep_top is None or not per.get(m):
+                continue
+            if HIGHER_IS_BETTER[m]:
+                thresholds.setdefault(task, {})[m] = {"min": float(np.quantile(per[m], 1 - rule.keep_top))}
+            else:
+                thresholds.setdefault(task, {})[m] = {"max": float(np.quantile(per[m], rule.keep_top))}
+    counts = {t: len(v) for t, v in per_task.items()}
+    path.write_text(json.dumps({"config_hash": cfg.config_hash(), "samples": counts, "thresholds": thresholds},
+                               indent=1, sort_keys=True))
+    fc.calibrated = thresholds
+    log.info("calibrated quantile thresholds on %s in %.0fs → %s", counts, time.time() - t0, path)
 
 
 def _bar(total: int, enabled: bool):

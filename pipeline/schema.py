@@ -68,6 +68,8 @@ FEATURES = Features({
         "depossess": Value("string"),   # JSON: object key -> "llm" | "rule" (who removed the possession)
         "grounding": Value("string"),   # JSON: phrase used, boxes, scores, detector/segmenter ids
         "candidates": Value("string"),  # JSON: every candidate's params, scores and verdict; which was kept
+        "planned_task": Value("string"),  # the task the sample was planned as (the id hashes it);
+                                          # differs from `task` when the task predictor reassigned it
     },
 })
 RECORD_SCHEMA: pa.Schema = FEATURES.arrow_schema
@@ -105,6 +107,7 @@ FLOW_SCHEMA = pa.schema([
                                        ("mask_png", pa.binary()), ("mask_variant", pa.string()),
                                        ("params", pa.string())]))),
     ("candidates_report", pa.string()),
+    ("final_task", pa.string()),       # set by the filter stage when the task predictor reassigns
 ])
 
 
@@ -161,8 +164,8 @@ def to_record(row: dict, *, job_name: str, config_hash: str, code_version: str) 
         "sample_index": row["sample_index"],
         "source_id": row["source_id"],
         "attempt": row["attempt"],
-        "task": row["task"],
-        "task_id": TASK_IDS.get(row["task"], -1),
+        "task": row.get("final_task") or row["task"],
+        "task_id": TASK_IDS.get(row.get("final_task") or row["task"], -1),
         "instruction": answer.get("instruction"),
         "input_caption": row["caption"],
         "output_caption": answer.get("output_caption"),
@@ -202,6 +205,7 @@ def to_record(row: dict, *, job_name: str, config_hash: str, code_version: str) 
             "depossess": json.dumps(llm["depossess"], sort_keys=True) if llm.get("depossess") else None,
             "grounding": row.get("grounding"),
             "candidates": row.get("candidates_report"),
+            "planned_task": row["task"],
         },
     }
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from pipeline.shards import Manifest, read_table
 
-COLUMNS = ["task", "status", "reject_stage", "reject_reason", "scores", "params", "provenance"]
+COLUMNS = ["task", "status", "reject_stage", "reject_reason", "reject_detail", "scores", "params", "provenance"]
 
 
 def _flatten(prefix: str, v, out: dict) -> None:
@@ -43,7 +43,8 @@ def compute_stats(out: str | Path) -> dict:
     if m.data is None:
         raise FileNotFoundError(f"{out}: no manifest.json — not a pairforge output folder")
     rows = read_table(out, "data", COLUMNS).to_pylist() + read_table(out, "rejects", COLUMNS).to_pylist()
-    per_task: dict = defaultdict(lambda: {"accepted": 0, "rejected": 0, "reasons": Counter(),
+    per_task: dict = defaultdict(lambda: {"accepted": 0, "rejected": 0, "reasons": Counter(), "filters": Counter(),
+                                          "reassigned_from": Counter(),
                                           "scores": defaultdict(list), "params": {}})
     backends = Counter()
     for r in rows:
@@ -51,6 +52,12 @@ def compute_stats(out: str | Path) -> dict:
         t[r["status"]] += 1
         if r["status"] == "rejected":
             t["reasons"][f"{r['reject_stage']}:{r['reject_reason']}"] += 1
+            if r["reject_stage"] == "filter":     # the detail starts with the filter's name
+                which = (r["reject_detail"] or "").split(":", 1)[0] or "?"
+                t["filters"][f"{which}/{r['reject_reason']}"] += 1
+        planned = (r["provenance"] or {}).get("planned_task")
+        if planned and planned != r["task"]:
+            t["reassigned_from"][planned] += 1
         for k, v in (r["scores"] or {}).items():
             if v is not None:
                 t["scores"][k].append(v)
@@ -72,6 +79,8 @@ def compute_stats(out: str | Path) -> dict:
         tasks[name] = {"samples": n, "accepted": t["accepted"], "rejected": t["rejected"],
                        "acceptance": round(t["accepted"] / n, 4) if n else 0.0,
                        "reject_reasons": dict(t["reasons"].most_common()),
+                       "filter_drops": dict(t["filters"].most_common()),
+                       "reassigned_from": dict(t["reassigned_from"].most_common()),
                        "scores": {k: _num_summary(v) for k, v in sorted(t["scores"].items())},
                        "params": params}
     acc = sum(t["accepted"] for t in tasks.values())
@@ -91,6 +100,13 @@ def format_stats(s: dict) -> str:
     for name, t in s["tasks"].items():
         reasons = ", ".join(f"{k}×{v}" for k, v in list(t["reject_reasons"].items())[:4])
         L.append(f"{name:<14}{t['samples']:>8}{t['accepted']:>10}{t['acceptance']:>8.1%}  {reasons}")
+    drops = {n: t for n, t in s["tasks"].items() if t.get("filter_drops") or t.get("reassigned_from")}
+    if drops:
+        L += ["", "filter drops per task (filter/reason×count); samples the task predictor reassigned"]
+        for name, t in drops.items():
+            fd = ", ".join(f"{k}×{v}" for k, v in t.get("filter_drops", {}).items()) or "-"
+            ra = ", ".join(f"from {k}×{v}" for k, v in t.get("reassigned_from", {}).items())
+            L.append(f"  {name:<12} {fd}" + (f"   reassigned {ra}" if ra else ""))
     for name, t in s["tasks"].items():
         if t["scores"]:
             L += ["", f"[{name}] scores (all samples that reached the filters)"]

@@ -61,12 +61,13 @@ def verify(out: str | Path) -> list[str]:
             if t.num_rows != f["rows"]:
                 problems.append(f"{f['path']}: {t.num_rows} rows, manifest says {f['rows']}")
             want_status = "accepted" if sub == "data" else "rejected"
-            for r in t.select(["id", "source_id", "task", "attempt", "status"]).to_pylist():
+            for r in t.select(["id", "source_id", "task", "attempt", "status", "provenance"]).to_pylist():
+                planned = (r["provenance"] or {}).get("planned_task") or r["task"]   # reassigned samples
                 ids[r["id"]] += 1
                 tasks[sub][r["task"]] += 1
                 if r["status"] != want_status:
                     problems.append(f"{f['path']}: row {r['id']} has status {r['status']!r}")
-                if seed is not None and sample_id(seed, r["source_id"], r["task"], r["attempt"]) != r["id"]:
+                if seed is not None and sample_id(seed, r["source_id"], planned, r["attempt"]) != r["id"]:
                     problems.append(f"{f['path']}: id {r['id']} does not match its (seed, source, task, attempt)")
         if dict(tasks["data"]) != e["tasks_accepted"]:
             problems.append(f"shard {k}: accepted per-task counts {dict(tasks['data'])} != manifest {e['tasks_accepted']}")

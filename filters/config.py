@@ -1,0 +1,136 @@
+"""The ``filters`` block of a job: which checks run for which task, with which thresholds.
+
+Rules are per task and per metric. ``DEFAULT_RULES`` says which metrics judge which task (a task
+without a rule for a metric is not judged by it); ``rules`` in the job file overrides them per task
+and metric (``null`` removes a default). A rule is absolute (``min`` / ``max``, as InstructPix2Pix
+and the paper filter) or quantile-based (``keep_top``: keep the best fraction of the task's
+candidates, the threshold calibrated on the job's own first samples — useful when the CLIP model
+changes and absolute values mean nothing, e.g. the tiny random models of the embedded profile).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# Which way is good for each metric a rule can name.
+HIGHER_IS_BETTER = {"clip_dir": True, "clip_img": True, "clip_out": True, "dino": True,
+                    "depth_l1": False, "l1": True}
+
+EDIT_TASKS = ("local", "remove", "add", "texture", "background", "global", "style", "text")
+# Structure must hold: the scene's geometry stays, only appearance changes.
+STRUCTURE_TASKS = ("texture", "global", "style", "color")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class MetricRule(_Strict):
+    min: float | None = Field(None, description="Absolute: reject a candidate whose score is below this.")
+    max: float | None = Field(None, description="Absolute: reject a candidate whose score is above this.")
+    keep_top: float | None = Field(None, gt=0, le=1, description="Quantile: keep this best fraction of the "
+                                   "task's candidates; the threshold is calibrated on the job's first samples.")
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        if self.keep_top is not None and (self.min is not None or self.max is not None):
+            raise ValueError("a rule is either absolute (min/max) or quantile (keep_top), not both")
+        if self.keep_top is None and self.min is None and self.max is None:
+            raise ValueError("a rule needs min, max or keep_top")
+        return self
+
+
+def _default_rules() -> dict[str, dict[str, MetricRule]]:
+    # InstructPix2Pix's CLIP thresholds (image-image 0.75, directional 0.2) as the absolute defaults;
+    # depth-L1 0.12 on min-max-normalised maps. Paper-scale values belong in deploy/profiles/paper.yaml.
+    rules: dict[str, dict[str, MetricRule]] = {}
+    for t in EDIT_TASKS:
+        rules.setdefault(t, {}).update(clip_dir=MetricRule(min=0.2), clip_img=MetricRule(min=0.75),
+                                        clip_out=MetricRule(min=0.2))
+    for t in STRUCTURE_TASKS:
+        rules.setdefault(t, {})["depth_l1"] = MetricRule(max=0.12)
+    return rules
+
+
+DEFAULT_RULES = _default_rules()
+
+
+class TaskPredictorConfig(_Strict):
+    enabled: bool = Field(True, description="Run the task predictor on every instruction.")
+    kind: Literal["minilm-logreg", "flan-t5"] = Field("minilm-logreg", description="minilm-logreg: logistic "
+                                                      "regression on MiniLM sentence embeddings, trained on the "
+                                                      "pipeline's own instructions (`pairforge task-predictor`); "
+                                                      "flan-t5: zero-shot scoring of task names with a seq2seq model.")
+    path: str = Field("filters/data/task_predictor_minilm.npz", description="minilm-logreg weights (relative "
+                      "paths are from the repo root).")
+    model: str = Field("tiny-random", description="flan-t5: checkpoint (e.g. google/flan-t5-large) or tiny-random.")
+    min_confidence: float = Field(0.8, ge=0, le=1, description="Act only when the predicted task's probability "
+                                  "is at least this and it differs from the sample's task.")
+    on_mismatch: Literal["reassign", "reject", "score"] = Field("reassign", description="reassign: the sample "
+                                                                "becomes the predicted task when both are in one "
+                                                                "reassign group, else it is rejected; reject; "
+                                                                "score: only record the probability.")
+    reassign_groups: list[list[str]] = Field(
+        default_factory=lambda: [["local", "texture", "remove", "add", "background", "global", "style"]],
+        description="Tasks whose pairs are made the same way (prompt-to-prompt on the captions), so the "
+                    "pair still matches the instruction after relabelling. Across groups a mismatch is a reject.")
+
+
+class FilterConfig(_Strict):
+    enabled: bool = Field(True, description="Apply the filters; off keeps every generated pair (scores still computed).")
+    min_change_l1: float = Field(0.008, ge=0, le=1, description="color: mean |x−y|/255 below this is 'no_visible_change'.")
+    max_clipped_frac: float = Field(0.35, ge=0, le=1, description="color: output fraction of clipped pixels above this is rejected.")
+    rules: dict[str, dict[str, MetricRule | None]] = Field(
+        default_factory=dict, description="Per task, per metric (clip_dir, clip_img, clip_out, dino, depth_l1, l1): "
+        "a rule {min|max|keep_top} overriding the defaults, or null to drop a default rule.")
+    select_by: str = Field("clip_dir", description="Best-of-candidates: among a sample's passing candidates keep "
+                           "the best by this metric (clip_dir, clip_img, clip_out, dino, depth_l1).")
+    detector_checks: bool = Field(True, description="add: the edited object is detected in the output; remove: "
+                                  "the object is gone; local: the original is gone and the edited one present.")
+    calibration_samples: int = Field(48, ge=4, le=100_000, description="Quantile rules: samples per task "
+                                     "(the first ones of the plan) whose candidate scores set the threshold.")
+    task_predictor: TaskPredictorConfig = Field(default_factory=TaskPredictorConfig,
+                                                description="Reassigns or rejects samples whose instruction "
+                                                "belongs to another task.")
+    calibrated: dict[str, dict[str, dict[str, float]]] | None = Field(
+        None, description="Set by the job itself (from OUT/calibration.json): task → metric → {min|max}. Leave empty.")
+
+    @model_validator(mode="after")
+    def _known_metrics(self):
+        from tasks import TASK_NAMES
+        for task, per in self.rules.items():
+            if task not in TASK_NAMES:
+                raise ValueError(f"rules.{task}: unknown task (known: {', '.join(TASK_NAMES)})")
+            for m in per:
+                if m not in HIGHER_IS_BETTER:
+                    raise ValueError(f"rules.{task}.{m}: unknown metric (known: {', '.join(HIGHER_IS_BETTER)})")
+        if self.select_by not in HIGHER_IS_BETTER:
+            raise ValueError(f"select_by: unknown metric {self.select_by!r} (known: {', '.join(HIGHER_IS_BETTER)})")
+        return self
+
+    def resolved_rules(self, task: str) -> dict[str, MetricRule]:
+        out = dict(DEFAULT_RULES.get(task, {}))
+        for m, r in self.rules.get(task, {}).items():
+            if r is None:
+                out.pop(m, None)
+            else:
+                out[m] = r
+        return out
+
+    def needs_calibration(self) -> bool:
+        from tasks import TASK_NAMES
+        return any(r.keep_top is not None for t in TASK_NAMES for r in self.resolved_rules(t).values())
+
+    def threshold(self, task: str, metric: str) -> tuple[float | None, float | None] | None:
+        """(min, max) that decides ``metric`` for ``task``, or None when no rule judges it.
+        A quantile rule without calibration yet (the calibration pass itself) decides nothing."""
+        r = self.resolved_rules(task).get(metric)
+        if r is None:
+            return None
+        if r.keep_top is None:
+            return r.min, r.max
+        cal = ((self.calibrated or {}).get(task) or {}).get(metric)
+        if not cal:
+            return None
+        return cal.get("min"), cal.get("max")

@@ -1,0 +1,219 @@
+"""Task predictor (Emu Edit §3.2, §4.2): which of the sixteen tasks does an instruction ask for?
+
+Two backends behind ``predict_proba(instructions) -> (N, 16)`` over ``TASK_NAMES``:
+  * ``minilm-logreg`` (default, real here): multinomial logistic regression on all-MiniLM-L6-v2
+    sentence embeddings, trained on the instructions and task labels the pipeline itself generated
+    (``pairforge task-predictor``; the weights are a 25 kB file under filters/data/);
+  * ``flan-t5`` (production option): zero-shot — the seq2seq model scores each task's name as the
+    answer to "which editing task is this"; the probabilities are a softmax over those scores.
+
+The filter stage uses it to reassign a sample whose instruction belongs to another task (within a
+group of tasks made the same way) or to reject it (``task_mismatch``).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import REPO_ROOT
+
+# What each task is, in the words a zero-shot model is asked to choose from.
+TASK_DESCRIPTIONS = {
+    "local": "replace one object with a different object", "remove": "remove an object",
+    "add": "add a new object", "texture": "change the material or texture of an object",
+    "background": "change the background", "global": "change the whole scene, weather or time of day",
+    "style": "change the artistic style", "text": "add, remove or change written text",
+    "detect": "draw a box around an object", "segment": "highlight or segment an object",
+    "color": "adjust brightness, contrast, colours or blur", "depth": "depth map conversion",
+    "sketch": "sketch or edge map conversion", "normal": "surface normal map conversion",
+    "pose": "human pose skeleton conversion", "segmentation": "segmentation map conversion",
+}
+
+
+class MiniLMTaskPredictor:
+    kind = "minilm-logreg"
+
+    def __init__(self, coef: np.ndarray, intercept: np.ndarray, tasks: list[str]):
+        self.coef, self.intercept, self.tasks = np.asarray(coef), np.asarray(intercept), list(tasks)
+
+    @classmethod
+    def fit(cls, instructions: list[str], labels: list[str], c: float = 8.0,
+            embeddings: np.ndarray | None = None) -> "MiniLMTaskPredictor":
+        from sklearn.linear_model import LogisticRegression
+
+        from pipeline.text_metrics import embed
+
+        clf = LogisticRegression(C=c, max_iter=3000)
+        clf.fit(embed(instructions) if embeddings is None else embeddings, labels)
+        return cls(clf.coef_, clf.intercept_, [str(t) for t in clf.classes_])
+
+    def predict_proba(self, instructions: list[str]) -> tuple[np.ndarray, list[str]]:
+        """(N, len(tasks)) probabilities and the task order of the columns."""
+        from pipeline.text_metrics import embed
+
+        if not instructions:
+            return np.zeros((0, len(self.tasks))), self.tasks
+        z = embed(instructions) @ self.coef.T + self.intercept
+        if z.shape[1] == 1:                                   # binary sklearn layout
+            z = np.concatenate([-z, z], axis=1)
+        z = z - z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        return p / p.sum(axis=1, keepdims=True), self.tasks
+
+    def save(self, path: str | Path) -> None:
+        np.savez_compressed(path, coef=self.coef.astype(np.float32), intercept=self.intercept.astype(np.float32),
+                            tasks=np.array(self.tasks))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "MiniLMTaskPredictor":
+        p = Path(path)
+        if not p.is_absolute():
+            p = REPO_ROOT / p
+        if not p.exists():
+            raise FileNotFoundError(f"filters.task_predictor.path: {p} not found — train one with "
+                                    "`pairforge task-predictor --from OUT`")
+        d = np.load(p)
+        return cls(d["coef"], d["intercept"], [str(t) for t in d["tasks"]])
+
+
+class FlanT5TaskPredictor:
+    """Zero-shot: log-likelihood of each task description as the answer, softmax over tasks."""
+    kind = "flan-t5"
+
+    def __init__(self, spec: str = "tiny-random"):
+        import torch
+        from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+        from pipeline.models.tiny import check_local_path, is_tiny, seeded, tiny_tokenizer
+
+        if is_tiny(spec):
+            self.tok = tiny_tokenizer(128)
+            with seeded(0x75):
+                self.model = T5ForConditionalGeneration(T5Config(
+                    vocab_size=len(self.tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                    pad_token_id=self.tok.pad_token_id, eos_token_id=self.tok.sep_token_id,
+                    decoder_start_token_id=self.tok.pad_token_id))
+        else:
+            check_local_path(spec, "filters.task_predictor.model")
+            self.tok = AutoTokenizer.from_pretrained(spec)
+            self.model = T5ForConditionalGeneration.from_pretrained(spec)
+        self.model.eval()
+        self.tasks = list(TASK_DESCRIPTIONS)
+        self._torch = torch
+
+    def predict_proba(self, instructions: list[str]) -> tuple[np.ndarray, list[str]]:
+        torch = self._torch
+        options = [TASK_DESCRIPTIONS[t] for t in self.tasks]
+        labels = self.tok(options, padding=True, return_tensors="pt")["input_ids"]
+        labels = labels.masked_fill(labels == self.tok.pad_token_id, -100)
+        out = np.zeros((len(instructions), len(self.tasks)))
+        with torch.inference_mode():
+            for i, ins in enumerate(instructions):
+                prompt = (f"Which kind of image edit does this instruction ask for? Options: {'; '.join(options)}."
+                          f"\nInstruction: {ins}")
+                enc = self.tok([prompt] * len(options), return_tensors="pt", truncation=True)
+                logits = self.model(**enc, labels=labels).logits
+                lp = torch.log_softmax(logits.float(), -1)
+                tok_lp = lp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (labels != -100)
+                out[i] = (tok_lp.sum(1) / (labels != -100).sum(1)).numpy()   # mean per token: length-fair
+        z = out - out.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        return p / p.sum(axis=1, keepdims=True), self.tasks
+
+
+def build_task_predictor(cfg):
+    if cfg.kind == "flan-t5":
+        return FlanT5TaskPredictor(cfg.model)
+    return MiniLMTaskPredictor.load(cfg.path)
+
+
+class TaskPredictorCheck:
+    """Decide per sample: keep its task, reassign it, or reject it (``task_mismatch``)."""
+
+    def __init__(self, cfg, predictor=None):
+        self.cfg = cfg
+        self.predictor = predictor or build_task_predictor(cfg)
+        self.groups = [set(g) for g in cfg.reassign_groups]
+
+    def same_group(self, a: str, b: str) -> bool:
+        return any(a in g and b in g for g in self.groups)
+
+    def __call__(self, tasks: list[str], instructions: list[str]) -> list[dict]:
+        """Per sample: {"task": final task, "keep", "reason", "detail", "task_pred": probability of the
+        sample's own task, "predicted", "confidence"}."""
+        probs, order = self.predictor.predict_proba(instructions)
+        out = []
+        for task, p in zip(tasks, probs):
+            best = int(np.argmax(p))
+            pred, conf = order[best], float(p[best])
+            own = float(p[order.index(task)]) if task in order else 0.0
+            d = {"task": task, "keep": True, "reason": None, "detail": "", "task_pred": own,
+                 "predicted": pred, "confidence": conf}
+            if pred != task and conf >= self.cfg.min_confidence and self.cfg.on_mismatch != "score":
+                detail = f"instruction reads as {pred} (p={conf:.2f}), sample is {task} (p={own:.2f})"
+                if self.cfg.on_mismatch == "reassign" and self.same_group(task, pred):
+                    d.update(task=pred, detail="reassigned: " + detail)
+                else:
+                    d.update(keep=False, reason="task_mismatch", detail=detail)
+            out.append(d)
+        return out
+
+
+def load_training_rows(sources: list[str | Path]) -> list[dict]:
+    """(task, instruction, caption) of instructions that passed the agent checks: from
+    `pairforge agents-report` folders (agents_*.jsonl) and job output folders (accepted rows)."""
+    rows: list[dict] = []
+    for src in sources:
+        src = Path(src)
+        files = sorted(src.glob("agents_*.jsonl")) if src.is_dir() else [src]
+        if src.is_dir() and (src / "manifest.json").exists():
+            from pipeline.shards import read_table
+            for r in read_table(src, "data", ["task", "instruction", "input_caption"]).to_pylist():
+                if r["instruction"]:
+                    rows.append({"task": r["task"], "instruction": r["instruction"], "caption": r["input_caption"]})
+            continue
+        for f in files:
+            for line in f.read_text().splitlines():
+                r = json.loads(line)
+                if r.get("status") == "rejected" or not r.get("answer"):
+                    continue
+                ins = (json.loads(r["answer"]).get("instruction") or "").strip()
+                if ins:
+                    rows.append({"task": r["task"], "instruction": ins, "caption": r.get("caption", "")})
+    return rows
+
+
+def train_and_evaluate(rows: list[dict], holdout: float = 0.2, seed: int = 0) -> tuple[MiniLMTaskPredictor, dict]:
+    """Fit on captions not held out, report accuracy on the held-out captions' instructions (split
+    by caption so no caption's instructions sit on both sides), then refit on everything."""
+    from collections import Counter
+
+    if len({r["task"] for r in rows}) < 2:
+        raise ValueError("need instructions of at least two tasks to train a task predictor")
+    caps = sorted({r["caption"] for r in rows})
+    rng = np.random.default_rng(seed)
+    held = set(rng.choice(caps, size=max(1, int(round(holdout * len(caps)))), replace=False).tolist())
+    from pipeline.text_metrics import embed
+
+    emb = embed([r["instruction"] for r in rows])          # once: both fits reuse it
+    is_test = np.array([r["caption"] in held for r in rows])
+    train = [r for r, t in zip(rows, is_test) if not t]
+    test = [r for r, t in zip(rows, is_test) if t]
+    model = MiniLMTaskPredictor.fit([r["instruction"] for r in train], [r["task"] for r in train],
+                                    embeddings=emb[~is_test])
+    probs, order = model.predict_proba([r["instruction"] for r in test])
+    pred = [order[i] for i in probs.argmax(1)]
+    per_task: dict[str, list[int]] = {}
+    confusion = Counter()
+    for r, p in zip(test, pred):
+        per_task.setdefault(r["task"], []).append(int(p == r["task"]))
+        if p != r["task"]:
+            confusion[f"{r['task']}→{p}"] += 1
+    report = {"train": len(train), "heldout": len(test), "heldout_captions": len(held),
+              "accuracy": round(float(np.mean([p == r["task"] for r, p in zip(test, pred)])), 4) if test else None,
+              "per_task": {t: round(float(np.mean(v)), 3) for t, v in sorted(per_task.items())},
+              "top_confusions": dict(confusion.most_common(8))}
+    final = MiniLMTaskPredictor.fit([r["instruction"] for r in rows], [r["task"] for r in rows], embeddings=emb)
+    return final, report

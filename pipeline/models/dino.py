@@ -1,0 +1,40 @@
+"""DINO ViT by spec: ``tiny-random`` (2-layer ViTModel from config) or a hub id / folder
+(``facebook/dino-vits16`` in the paper profile). Image embedding = the [CLS] token of the last
+layer, unit length — what the DINO similarity metric of Emu Edit / MagicBrush compares."""
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.models.tiny import check_local_path, is_tiny, seeded
+
+TINY_IMAGE_SIZE = 64
+
+
+class DinoEncoder:
+    def __init__(self, spec: str = "tiny-random", device: str = "cpu"):
+        import torch
+        from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+        if is_tiny(spec):
+            with seeded(0xD1A0):
+                model = ViTModel(ViTConfig(image_size=TINY_IMAGE_SIZE, patch_size=16, hidden_size=32,
+                                           intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
+                                 add_pooling_layer=False)
+            self.processor = ViTImageProcessor(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE})
+        else:
+            check_local_path(spec, "dino")
+            model = ViTModel.from_pretrained(spec, add_pooling_layer=False)
+            self.processor = ViTImageProcessor.from_pretrained(spec)
+        self.spec, self.device = spec, device
+        self.model = model.to(device).eval()
+        self._torch = torch
+
+    def images(self, images: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
+        torch = self._torch
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(images), batch_size):
+                px = self.processor(images=list(images[i:i + batch_size]), return_tensors="pt")["pixel_values"]
+                cls = self.model(pixel_values=px.to(self.device)).last_hidden_state[:, 0]
+                out.append(torch.nn.functional.normalize(cls.float(), dim=-1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.model.config.hidden_size), np.float32)
