@@ -16,6 +16,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "[setup] installing the pipeline into .venv (torch from the local wheel cache when present)"
   .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
   .venv/bin/pip install -q -e '.[test]'
+  # groundingdino-py declares opencv-python and supervision, which clash with opencv-python-headless
+  # and which its model code never imports: install it alone (its real needs are in pyproject.toml)
+  .venv/bin/pip install -q --no-deps groundingdino-py==0.4.0
   touch "$stamp"
 else
   echo "[setup] .venv up to date"

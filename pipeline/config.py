@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from filters.config import FilterConfig  # noqa: E402  (the filters block lives with the filters)
+from pipeline.grounding.config import GroundingConfig  # the grounding block lives with the grounding stage
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -110,6 +111,8 @@ class StagesConfig(_Strict):
                                 description="Cheap CPU pair generators (color, ...).")
     filter: StageResources = Field(default_factory=lambda: StageResources(actors=1, num_cpus=0.5, batch_size=8),
                                    description="Filter stage.")
+    ground: StageResources = Field(default_factory=lambda: StageResources(actors=1, num_cpus=0.5, batch_size=8),
+                                   description="Grounding stage (Grounding DINO + SAM; give it num_gpus on a cluster).")
 
 
 class OutputConfig(_Strict):
@@ -156,6 +159,8 @@ class JobConfig(_Strict):
     output: OutputConfig = Field(default_factory=OutputConfig, description="Shards and manifest.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray connection.")
     models: ModelsConfig = Field(default_factory=ModelsConfig, description="Vision model checkpoints by role.")
+    grounding: GroundingConfig = Field(default_factory=GroundingConfig, description="Detector and segmenter "
+                                       "backends, thresholds and mask sizes (checkpoints: models.detector / models.segmenter).")
     max_caption_chars: int = Field(2000, ge=10, description="Longer captions are rejected as 'caption_too_long'.")
 
     @field_validator("tasks")

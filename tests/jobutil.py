@@ -21,6 +21,7 @@ def write_job(path: Path, url: str, **over) -> Path:
         "llm": {"backend": "vllm-openai", "model": "smollm2-135m-instruct", "url": url, "retries": 2},
         "stages": {"load": {"actors": 1, "num_cpus": 0.25, "batch_size": 4},
                    "instruct": {"actors": 1, "num_cpus": 0.25, "batch_size": 8},
+                   "ground": {"actors": 1, "num_cpus": 0.25, "batch_size": 4},
                    "cpu": {"actors": 1, "num_cpus": 0.25, "batch_size": 4},
                    "filter": {"actors": 1, "num_cpus": 0.25, "batch_size": 4}},
         "output": {"path": str(path.parent / "out"), "rows_per_shard": 4},

@@ -27,9 +27,9 @@ def test_source_task_column_overrides_and_unknown_task_is_rejected(tmp_path):
     src = tmp_path / "c.jsonl"
     src.write_text("\n".join(json.dumps(r) for r in [
         {"caption": "a red kite", "task": "color"}, {"caption": "a blue kite", "task": "teleport"},
-        {"caption": "a green kite", "task": "local"}]) + "\n")
+        {"caption": "a green kite", "task": "sketch"}]) + "\n")
     rows = build_plan(JobConfig.model_validate({"source": {"kind": "captions", "path": str(src)}}))
-    assert [r["task"] for r in rows] == ["color", "teleport", "local"]
+    assert [r["task"] for r in rows] == ["color", "teleport", "sketch"]
     assert rows[0]["status"] == "pending"
     assert (rows[1]["status"], rows[1]["reject_reason"]) == ("rejected", "unknown_task")
     assert (rows[2]["status"], rows[2]["reject_reason"]) == ("rejected", "no_generator")   # agent only so far

@@ -2,11 +2,12 @@
 ``__call__(batch) -> batch`` processes one Arrow batch of flow rows."""
 from pipeline.stages.base import Stage
 from pipeline.stages.filter import FilterStage
+from pipeline.stages.ground import GroundStage
 from pipeline.stages.instruct import InstructStage
 from pipeline.stages.load import LoadStage
 from pipeline.stages.pair import CpuPairStage
 
 # Order of the chain; the runner builds one actor pool per entry.
-CHAIN = (LoadStage, InstructStage, CpuPairStage, FilterStage)
+CHAIN = (LoadStage, InstructStage, GroundStage, CpuPairStage, FilterStage)
 
-__all__ = ["Stage", "LoadStage", "InstructStage", "CpuPairStage", "FilterStage", "CHAIN"]
+__all__ = ["Stage", "LoadStage", "InstructStage", "GroundStage", "CpuPairStage", "FilterStage", "CHAIN"]
