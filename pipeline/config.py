@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from filters.config import FilterConfig  # noqa: E402  (the filters block lives with the filters)
 from pipeline.grounding.config import GroundingConfig  # the grounding block lives with the grounding stage
+from pipeline.diffusion.config import DiffusionConfig  # the diffusion block lives with the generators
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,6 +114,9 @@ class StagesConfig(_Strict):
                                    description="Filter stage.")
     ground: StageResources = Field(default_factory=lambda: StageResources(actors=1, num_cpus=0.5, batch_size=8),
                                    description="Grounding stage (Grounding DINO + SAM; give it num_gpus on a cluster).")
+    diffusion: StageResources = Field(default_factory=lambda: StageResources(actors=1, num_cpus=1, batch_size=2),
+                                      description="Diffusion stages (base images; P2P / PnP / inpainting edits): one pool "
+                                      "each, both of this size; give them num_gpus on a cluster.")
 
 
 class OutputConfig(_Strict):
@@ -159,6 +163,8 @@ class JobConfig(_Strict):
     output: OutputConfig = Field(default_factory=OutputConfig, description="Shards and manifest.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray connection.")
     models: ModelsConfig = Field(default_factory=ModelsConfig, description="Vision model checkpoints by role.")
+    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig, description="Diffusion generators: steps, "
+                                       "candidates, resolution, recipe parameter ranges (checkpoints: models.text_to_image / models.inpaint).")
     grounding: GroundingConfig = Field(default_factory=GroundingConfig, description="Detector and segmenter "
                                        "backends, thresholds and mask sizes (checkpoints: models.detector / models.segmenter).")
     max_caption_chars: int = Field(2000, ge=10, description="Longer captions are rejected as 'caption_too_long'.")

@@ -1,6 +1,6 @@
 """The "add" region task (Emu Edit): add one new object to the scene ("put a hat on the dog").
-Instruction agent only; the pair generator (generate y from the output caption, mask the added
-object in y, mask-blended prompt-to-prompt back to x with the input caption) comes later.
+The pair: y generated from the output caption, the added object masked in y, mask-blended
+prompt-to-prompt back to x with the input caption; the pair is (x, y) (pipeline/diffusion/recipes.py).
 
 Answer keys (all strings): ``instruction``; ``original_object`` — always "" (nothing is replaced);
 ``edited_object`` — the added object, a short detector phrase that is NOT in the input caption and
@@ -21,6 +21,12 @@ class AddTask(Task):
     stage = "diffusion"
     needs_input_image = False            # the base image is generated from the caption
     prompt_file = "add.yaml"
+
+    @classmethod
+    def has_generator(cls) -> bool:
+        # the pair is made by the diffusion stages (pipeline/stages/diffusion.py, recipe in
+        # pipeline/diffusion/recipes.py), not by make_pair: the candidates need the UNet batch
+        return True
 
     def check_answer(self, caption: str, answer: dict[str, Any], plan: dict[str, Any]) -> str | None:
         original, edited, output = region_fields(answer)

@@ -1,6 +1,7 @@
 """The "background" region task (Emu Edit): replace the background / setting behind the subject
-("put the dog on a snowy mountain pass"). Instruction agent only; the pair generator (inpaint the
-complement of the foreground mask of the input photo, blend, best of 10 by CLIP) comes later.
+("put the dog on a snowy mountain pass"). The pair: the grounding stage's background mask of the
+photo is inpainted with the output caption and blended with the input inside the mask; ten
+candidates with their own noise and guidance, the filter keeps the best (pipeline/diffusion/inpaint.py).
 
 Answer keys (all strings): ``instruction``; ``original_object`` — the current background or setting
 as the caption states it, or "" when the caption states none; ``edited_object`` — the new background
@@ -23,6 +24,12 @@ class BackgroundTask(Task):
     stage = "diffusion"
     needs_input_image = True             # edits the background of a real photo
     prompt_file = "background.yaml"
+
+    @classmethod
+    def has_generator(cls) -> bool:
+        # the pair is made by the diffusion stages (pipeline/stages/diffusion.py, recipe in
+        # pipeline/diffusion/recipes.py), not by make_pair: the candidates need the UNet batch
+        return True
 
     def check_answer(self, caption: str, answer: dict[str, Any], plan: dict[str, Any]) -> str | None:
         original, edited, output = region_fields(answer)

@@ -3,9 +3,9 @@ style filter — weather, season, time of day, lighting ("make it look like wint
 
 The module is ``global_edit`` because ``global`` is a Python keyword; the task name is "global".
 
-Instruction agent only: ``plan`` is empty, the query is the caption, and the agent answers with an
-instruction and the caption of the edited image. The pair generator (prompt-to-prompt with a blank
-mask, DESIGN.md §3) lands later; until then ``make_pair`` keeps the base default ("no_generator").
+``plan`` is empty, the query is the caption, and the agent answers with an instruction and the
+caption of the edited image. The pair: prompt-to-prompt with a blank mask, blend_s ∈ [0.1, 0.2],
+N_c, N_s ∈ [0.4, 0.9] (pipeline/diffusion/recipes.py).
 """
 from __future__ import annotations
 
@@ -35,6 +35,12 @@ class GlobalTask(Task):
     stage = "diffusion"
     needs_input_image = False          # the base image is generated from the caption
     prompt_file = "global.yaml"
+
+    @classmethod
+    def has_generator(cls) -> bool:
+        # the pair is made by the diffusion stages (pipeline/stages/diffusion.py, recipe in
+        # pipeline/diffusion/recipes.py), not by make_pair: the candidates need the UNet batch
+        return True
 
 
     def check_answer(self, caption: str, answer: dict[str, Any], plan: dict[str, Any]) -> str | None:

@@ -1,6 +1,7 @@
 """The "local" region task (Emu Edit): replace one object of the scene by a different one
-("turn the cat into a fox"). Instruction agent only; the pair generator (mask-blended
-prompt-to-prompt from the base image generated from the caption) comes later.
+("turn the cat into a fox"). The pair: base x generated from the caption (or the row's photo), the
+mask of the original object, mask-blended prompt-to-prompt to the output caption; ten candidates
+with guidance, N_c, N_s and blend_s sampled (pipeline/diffusion/recipes.py).
 
 Answer keys (all strings): ``instruction``; ``original_object`` — the object to change, a short
 detector phrase that appears in the input caption; ``edited_object`` — what it becomes, which
@@ -21,6 +22,12 @@ class LocalTask(Task):
     stage = "diffusion"
     needs_input_image = False            # the base image is generated from the caption
     prompt_file = "local.yaml"
+
+    @classmethod
+    def has_generator(cls) -> bool:
+        # the pair is made by the diffusion stages (pipeline/stages/diffusion.py, recipe in
+        # pipeline/diffusion/recipes.py), not by make_pair: the candidates need the UNet batch
+        return True
 
     def check_answer(self, caption: str, answer: dict[str, Any], plan: dict[str, Any]) -> str | None:
         original, edited, output = region_fields(answer)

@@ -1,6 +1,6 @@
 """The "remove" region task (Emu Edit): remove one object from the scene ("take the vase off the
-table"). Instruction agent only; the pair generator (generate x from the caption, mask the object,
-mask-blended prompt-to-prompt to y with the output caption) comes later.
+table"). The pair: x generated from the caption (or the row's photo), the object masked,
+mask-blended prompt-to-prompt to y with the output caption (pipeline/diffusion/recipes.py).
 
 Answer keys (all strings): ``instruction``; ``original_object`` — the object to remove, a short
 detector phrase that appears in the input caption; ``edited_object`` — always ""; ``output_caption``
@@ -21,6 +21,12 @@ class RemoveTask(Task):
     stage = "diffusion"
     needs_input_image = False            # the base image is generated from the caption
     prompt_file = "remove.yaml"
+
+    @classmethod
+    def has_generator(cls) -> bool:
+        # the pair is made by the diffusion stages (pipeline/stages/diffusion.py, recipe in
+        # pipeline/diffusion/recipes.py), not by make_pair: the candidates need the UNet batch
+        return True
 
     def check_answer(self, caption: str, answer: dict[str, Any], plan: dict[str, Any]) -> str | None:
         original, edited, output = region_fields(answer)

@@ -1,10 +1,9 @@
 """The "style" free-form task (Emu Edit): render a real photo in an artistic style ("as a
 watercolour", "in the style of a 1950s comic").
 
-Instruction agent only: ``plan`` is empty, the query is the caption, and the agent answers with an
-instruction, the style (a short phrase) and the caption of the stylised image, which must name the
-style. The pair generator (Plug-and-Play on the DDIM-inverted input, DESIGN.md §3) lands later;
-until then ``make_pair`` keeps the base default ("no_generator").
+``plan`` is empty, the query is the caption, and the agent answers with an instruction, the style
+(a short phrase) and the caption of the stylised image, which must name the style. The pair:
+Plug-and-Play on the DDIM-inverted photo, ten candidates (pipeline/diffusion/pnp.py, recipes.py).
 """
 from __future__ import annotations
 
@@ -38,6 +37,12 @@ class StyleTask(Task):
     stage = "diffusion"
     needs_input_image = True           # stylises a real photo
     prompt_file = "style.yaml"
+
+    @classmethod
+    def has_generator(cls) -> bool:
+        # the pair is made by the diffusion stages (pipeline/stages/diffusion.py, recipe in
+        # pipeline/diffusion/recipes.py), not by make_pair: the candidates need the UNet batch
+        return True
 
 
     def check_answer(self, caption: str, answer: dict[str, Any], plan: dict[str, Any]) -> str | None:

@@ -1,5 +1,5 @@
 """The "texture" region task (Emu Edit): change the material, surface or pattern of one object
-("make the table marble"). Instruction agent only; the pair generator (as for "local") comes later.
+("make the table marble"). The pair is made as for "local" (pipeline/diffusion/recipes.py).
 
 Answer keys (all strings): ``instruction``; ``original_object`` — the object as it is, a short
 detector phrase that appears in the input caption; ``edited_object`` — the same object with its new
@@ -24,6 +24,12 @@ class TextureTask(Task):
     stage = "diffusion"
     needs_input_image = False            # the base image is generated from the caption
     prompt_file = "texture.yaml"
+
+    @classmethod
+    def has_generator(cls) -> bool:
+        # the pair is made by the diffusion stages (pipeline/stages/diffusion.py, recipe in
+        # pipeline/diffusion/recipes.py), not by make_pair: the candidates need the UNet batch
+        return True
 
     def check_answer(self, caption: str, answer: dict[str, Any], plan: dict[str, Any]) -> str | None:
         original, edited, output = region_fields(answer)

@@ -22,6 +22,7 @@ def write_job(path: Path, url: str, **over) -> Path:
         "stages": {"load": {"actors": 1, "num_cpus": 0.25, "batch_size": 4},
                    "instruct": {"actors": 1, "num_cpus": 0.25, "batch_size": 8},
                    "ground": {"actors": 1, "num_cpus": 0.25, "batch_size": 4},
+                   "diffusion": {"actors": 1, "num_cpus": 0.25, "batch_size": 2},
                    "cpu": {"actors": 1, "num_cpus": 0.25, "batch_size": 4},
                    "filter": {"actors": 1, "num_cpus": 0.25, "batch_size": 4}},
         "output": {"path": str(path.parent / "out"), "rows_per_shard": 4},

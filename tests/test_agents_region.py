@@ -78,7 +78,7 @@ def test_registered(name, needs_image):
     assert _REGISTRY[name] is type(task)
     assert task.name == name and task.stage == "diffusion" and task.prompt_file == f"{name}.yaml"
     assert task.task_id == TASK_IDS[name] and task.needs_input_image is needs_image
-    assert not task.has_generator()                                     # agent only, for now
+    assert task.has_generator()                                         # the diffusion stage makes its pairs
 
 
 @pytest.mark.parametrize("name", REGION)

@@ -1,6 +1,7 @@
 """Pipeline stages. Each is a Ray actor class: ``__init__`` loads models once (``setup``),
 ``__call__(batch) -> batch`` processes one Arrow batch of flow rows."""
 from pipeline.stages.base import Stage
+from pipeline.stages.diffusion import DiffusionBaseStage, DiffusionEditStage
 from pipeline.stages.filter import FilterStage
 from pipeline.stages.ground import GroundStage
 from pipeline.stages.instruct import InstructStage
@@ -8,6 +9,6 @@ from pipeline.stages.load import LoadStage
 from pipeline.stages.pair import CpuPairStage
 
 # Order of the chain; the runner builds one actor pool per entry.
-CHAIN = (LoadStage, InstructStage, GroundStage, CpuPairStage, FilterStage)
+CHAIN = (LoadStage, InstructStage, DiffusionBaseStage, GroundStage, DiffusionEditStage, CpuPairStage, FilterStage)
 
-__all__ = ["Stage", "LoadStage", "InstructStage", "GroundStage", "CpuPairStage", "FilterStage", "CHAIN"]
+__all__ = ["Stage", "LoadStage", "InstructStage", "DiffusionBaseStage", "GroundStage", "DiffusionEditStage", "CpuPairStage", "FilterStage", "CHAIN"]

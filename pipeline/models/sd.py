@@ -1,0 +1,157 @@
+"""Stable Diffusion components by spec: ``tiny-random`` (random-init UNet, VAE and CLIP text encoder
+built from small configs with the real diffusers / transformers classes, as diffusers' fast tests
+do) or a hub id / local folder in the diffusers layout (``models.text_to_image``, ``models.inpaint``).
+
+Nothing here downloads for ``tiny-random``; the tokenizer is the offline WordPiece one of
+``pipeline.models.tiny``. ``SDComponents`` is what every generator in ``pipeline.diffusion`` takes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from pipeline.models.tiny import check_local_path, is_tiny, seeded, tiny_tokenizer
+
+# Two UNet shapes for tests (the attention control must install on any configuration).
+TINY_UNETS: dict[str, dict[str, Any]] = {
+    # diffusers' fast-test UNet: 2 levels, attention at the coarse level only
+    "default": dict(block_out_channels=(32, 64), layers_per_block=2, sample_size=32,
+                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=8),
+    # 3 levels, attention at the two fine levels (the SD 1.x arrangement), 1 layer per block,
+    # 2 transformer layers per attention block, a different head size
+    "deep": dict(block_out_channels=(32, 32, 64), layers_per_block=1, sample_size=32,
+                 down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+                 attention_head_dim=4, transformer_layers_per_block=2),
+}
+TINY_TEXT_DIM = 32
+
+
+@dataclass
+class SDComponents:
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler: Any            # a DDIMScheduler (deterministic, eta 0): generation, inversion and edits share it
+    spec: str = "tiny-random"
+
+    @property
+    def vae_scale(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def pixel_multiple(self) -> int:
+        """Image sides must be a multiple of this: the VAE's factor times the UNet's downsampling."""
+        return self.vae_scale * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    @property
+    def device(self):
+        return self.unet.device
+
+    @property
+    def dtype(self):
+        return self.unet.dtype
+
+
+def tiny_unet(shape: str = "default", in_channels: int = 4, seed: int = 0x5D01):
+    from diffusers import UNet2DConditionModel
+
+    with seeded(seed + in_channels):
+        return UNet2DConditionModel(in_channels=in_channels, out_channels=4, cross_attention_dim=TINY_TEXT_DIM,
+                                    norm_num_groups=16, **TINY_UNETS[shape])
+
+
+def tiny_vae():
+    from diffusers import AutoencoderKL
+
+    with seeded(0x5D02):
+        return AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
+                             down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                             norm_num_groups=16)
+
+
+def tiny_text_encoder():
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tok = tiny_tokenizer()
+    cfg = CLIPTextConfig(vocab_size=len(tok), hidden_size=TINY_TEXT_DIM, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=tok.model_max_length,
+                         bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id)
+    with seeded(0x5D03):
+        return CLIPTextModel(cfg), tok
+
+
+def make_scheduler(config: dict | None = None, *, zero_terminal_snr: bool = False):
+    """DDIM (eta 0, deterministic) — what P2P, PnP and DDIM inversion assume. With zero terminal SNR
+    the betas are rescaled and timesteps are "trailing" so the first step starts from pure noise."""
+    from diffusers import DDIMScheduler
+
+    base = dict(config or dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                               num_train_timesteps=1000, prediction_type="epsilon"))
+    base.update(clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    if zero_terminal_snr:
+        base.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    return DDIMScheduler.from_config(base)
+
+
+def _torch_dtype(name: str):
+    import torch
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def resolve_device(name: str = "auto") -> str:
+    import torch
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def load_sd(spec: str = "tiny-random", *, role: str = "text_to_image", inpaint: bool = False,
+            zero_terminal_snr: bool = False, unet_shape: str = "default", device: str = "auto",
+            dtype: str = "float32") -> SDComponents:
+    """Components for text-to-image / P2P / PnP (``inpaint=False``) or the 9-channel inpainting UNet.
+
+    ``role`` names the config field in errors (``models.text_to_image`` / ``models.inpaint``)."""
+    if is_tiny(spec):
+        text_encoder, tok = tiny_text_encoder()
+        unet = tiny_unet(unet_shape, in_channels=9 if inpaint else 4)
+        # v-prediction for the tiny model under zero SNR: epsilon cannot be predicted at SNR 0
+        sched_cfg = None if not zero_terminal_snr else dict(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+            prediction_type="v_prediction")
+        comps = SDComponents(unet=unet, vae=tiny_vae(), text_encoder=text_encoder, tokenizer=tok,
+                             scheduler=make_scheduler(sched_cfg, zero_terminal_snr=zero_terminal_snr), spec=TINY_SPEC)
+    else:
+        check_local_path(spec, role)
+        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+        from transformers import AutoTokenizer, CLIPTextModel
+
+        unet = UNet2DConditionModel.from_pretrained(spec, subfolder="unet")
+        want = 9 if inpaint else 4
+        if unet.config.in_channels != want:
+            raise ValueError(f"models.{role}: {spec!r} has a UNet with {unet.config.in_channels} input channels, "
+                             f"this role needs {want} ({'an inpainting' if inpaint else 'a text-to-image'} checkpoint)")
+        sched_cfg = dict(DDIMScheduler.load_config(spec, subfolder="scheduler"))
+        if zero_terminal_snr and sched_cfg.get("prediction_type", "epsilon") == "epsilon":
+            raise ValueError(f"diffusion.zero_terminal_snr: {spec!r} predicts epsilon, which is undefined at zero "
+                             "SNR; use a v-prediction checkpoint or turn the option off")
+        comps = SDComponents(unet=unet, vae=AutoencoderKL.from_pretrained(spec, subfolder="vae"),
+                             text_encoder=CLIPTextModel.from_pretrained(spec, subfolder="text_encoder"),
+                             tokenizer=AutoTokenizer.from_pretrained(spec, subfolder="tokenizer"),
+                             scheduler=make_scheduler(sched_cfg, zero_terminal_snr=zero_terminal_snr), spec=spec)
+    dev, dt = resolve_device(device), _torch_dtype(dtype)
+    for m in (comps.unet, comps.vae, comps.text_encoder):
+        m.to(dev).eval().requires_grad_(False)
+        if dt != _torch_dtype("float32"):     # production GPUs; load-time dtype would be better, later
+            m.to(dtype=dt)
+    return comps
+
+
+def with_unet(comps: SDComponents, unet) -> SDComponents:
+    """The same components around another UNet (tests: two UNet shapes, one VAE and text encoder)."""
+    return replace(comps, unet=unet.to(comps.device, comps.dtype).eval().requires_grad_(False))
+
+
+TINY_SPEC = "tiny-random"
