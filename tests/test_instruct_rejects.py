@@ -73,7 +73,7 @@ def test_each_bad_answer_is_a_reject_with_its_reason(fake_server, tmp_path):
     caps = tmp_path / "caps.txt"
     caps.write_text("\n".join(["garbage photo", "truncated photo", "wrongkeys photo", "same caption here",
                                "fenced photo", "error photo"]) + "\n")
-    cfg = JobConfig.model_validate({"source": {"kind": "captions", "path": str(caps)},
+    cfg = JobConfig.model_validate({"tasks": {"color": 1.0}, "source": {"kind": "captions", "path": str(caps)},
                                     "llm": {"url": fake_server, "retries": 1, "cache": False}})
     rows = build_plan(cfg)
     out = InstructStage(cfg.model_dump(mode="json"))(flow_table(rows)).to_pylist()
@@ -93,7 +93,7 @@ def test_each_bad_answer_is_a_reject_with_its_reason(fake_server, tmp_path):
 def test_length_bounds_and_duplicates_for_one_caption(fake_server, tmp_path):
     caps = tmp_path / "caps.txt"
     caps.write_text("short photo\ntwice photo\n")
-    cfg = JobConfig.model_validate({"source": {"kind": "captions", "path": str(caps), "repeats": 3},
+    cfg = JobConfig.model_validate({"tasks": {"color": 1.0}, "source": {"kind": "captions", "path": str(caps), "repeats": 3},
                                     "llm": {"url": fake_server, "retries": 0, "cache": False}})
     out = InstructStage(cfg.model_dump(mode="json"))(flow_table(build_plan(cfg))).to_pylist()
     short = [r for r in out if r["caption"].startswith("short")]
@@ -105,7 +105,7 @@ def test_length_bounds_and_duplicates_for_one_caption(fake_server, tmp_path):
 
 def test_possessive_object_gets_a_second_prompt_and_both_phrases_are_kept(fake_server, tmp_path):
     from pipeline.agents_report import _rows   # agent-only task (no generator yet): rows built directly
-    cfg = JobConfig.model_validate({"llm": {"url": fake_server, "retries": 0, "cache": False}})
+    cfg = JobConfig.model_validate({"tasks": {"color": 1.0}, "llm": {"url": fake_server, "retries": 0, "cache": False}})
     rows = _rows(["possessive photo of a dog's tail on a lawn"], ["local"], seed=0)
     (row,) = InstructStage(cfg.model_dump(mode="json"))(flow_table(rows)).to_pylist()
     ans = json.loads(row["answer"])
