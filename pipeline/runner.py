@@ -78,11 +78,12 @@ def init_ray(cfg: JobConfig):
                  log_to_driver=True, logging_level=logging.WARNING)
 
 
-def build_dataset(cfg: JobConfig, rows: list[dict]):
+def build_dataset(cfg: JobConfig, rows: list[dict], chain: tuple | None = None):
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
     from pipeline.stages import CHAIN
+    chain = chain or CHAIN
 
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -91,7 +92,7 @@ def build_dataset(cfg: JobConfig, rows: list[dict]):
     block = max(1, min(s.batch_size for s in (cfg.stages.instruct, cfg.stages.load, cfg.stages.cpu, cfg.stages.filter)))
     ds = ray.data.from_arrow([table.slice(i, block) for i in range(0, table.num_rows, block)])
     cfg_dict = cfg.model_dump(mode="json")
-    for stage in CHAIN:
+    for stage in chain:
         res = getattr(cfg.stages, stage.resources_key)
         ds = ds.map_batches(stage, fn_constructor_kwargs={"cfg": cfg_dict}, batch_size=res.batch_size,
                             batch_format="pyarrow", compute=ActorPoolStrategy(size=res.actors), num_cpus=res.num_cpus,
@@ -139,12 +140,11 @@ def run_job(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict:
             cfg.llm.url = url
         if live:
             init_ray(cfg)
-            calibrate(cfg, out, live)
-            ds = build_dataset(cfg, live)
+            scored = calibrate(cfg, out, live, progress)
             bar = _bar(len(pending), progress)
             bar.update(len(pre))
             acc = rej = 0
-            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            for batch in _main_batches(cfg, live, scored):
                 got = batch.to_pylist()
                 rej += sum(r["status"] == "rejected" for r in got)
                 acc += sum(r["status"] != "rejected" for r in got)
@@ -159,25 +159,41 @@ def run_job(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict:
     return summary
 
 
-def calibrate(cfg: JobConfig, out: Path, live: list[dict]) -> None:
+def _main_batches(cfg: JobConfig, live: list[dict], scored: list[dict]):
+    """The main pass: samples the calibration pass already generated and scored only go through
+    the filter stage (which reuses their stored scores); all others through the whole chain."""
+    from pipeline.stages import FilterStage
+
+    if scored:
+        yield from build_dataset(cfg, scored, chain=(FilterStage,)).iter_batches(batch_format="pyarrow", batch_size=None)
+    seen = {r["id"] for r in scored}
+    rest = [r for r in live if r["id"] not in seen]
+    if rest:
+        yield from build_dataset(cfg, rest).iter_batches(batch_format="pyarrow", batch_size=None)
+
+
+def calibrate(cfg: JobConfig, out: Path, live: list[dict], progress: bool = True) -> list[dict]:
     """Quantile rules (``keep_top``) need thresholds: run the chain with the filters in score-only
     mode over the first ``filters.calibration_samples`` samples of each task, take the quantile of
     all their candidates' scores, save them to OUT/calibration.json and into ``cfg.filters.calibrated``.
-    A rerun (resume) reuses the file, so its decisions are the same as the first run's."""
+    A rerun (resume) reuses the file, so its decisions are the same as the first run's.
+
+    Returns the calibration samples as the score-only pass left them (all candidates and their
+    scores kept), so the main pass only has to judge them, not generate them again."""
     import numpy as np
 
     from filters.config import HIGHER_IS_BETTER
 
     fc = cfg.filters
     if not fc.needs_calibration():
-        return
+        return []
     path = out / "calibration.json"
     if path.exists():
         saved = json.loads(path.read_text())
         if saved.get("config_hash") == cfg.config_hash():
             fc.calibrated = saved["thresholds"]
             log.info("quantile thresholds from %s", path)
-            return
+            return []
     per_task: dict[str, list[dict]] = {}
     for r in live:
         if len(per_task.setdefault(r["task"], [])) < fc.calibration_samples:
@@ -187,8 +203,14 @@ def calibrate(cfg: JobConfig, out: Path, live: list[dict]) -> None:
     cal.filters.enabled = False
     t0 = time.time()
     scores: dict[str, dict[str, list[float]]] = {}
+    log.info("calibrating quantile filter thresholds on the first %d samples (score-only pass)", len(sample))
+    bar = _bar(len(sample), progress, desc="calibration")
+    done: list[dict] = []
     for batch in build_dataset(cal, sample).iter_batches(batch_format="pyarrow", batch_size=None):
-        for r in batch.to_pylist():
+        got = batch.to_pylist()
+        done += got
+        bar.update(len(got))
+        for r in got:
             if not r["candidates_report"]:
                 continue
             task = r["final_task"] or r["task"]
@@ -207,10 +229,12 @@ def calibrate(cfg: JobConfig, out: Path, live: list[dict]) -> None:
     counts = {t: len(v) for t, v in per_task.items()}
     path.write_text(json.dumps({"config_hash": cfg.config_hash(), "samples": counts, "thresholds": thresholds},
                                indent=1, sort_keys=True))
+    bar.close()
     fc.calibrated = thresholds
     log.info("calibrated quantile thresholds on %s in %.0fs → %s", counts, time.time() - t0, path)
+    return done
 
 
-def _bar(total: int, enabled: bool):
+def _bar(total: int, enabled: bool, desc: str = "samples"):
     from tqdm import tqdm
-    return tqdm(total=total, desc="samples", unit="sample", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit="sample", disable=not enabled, file=sys.stderr, dynamic_ncols=True)

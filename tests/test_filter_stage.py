@@ -152,3 +152,60 @@ def test_training_rows_come_from_agent_reports(tmp_path):
         {"task": "local", "caption": "c1", "status": "rejected", "answer": None},
         {"task": "color", "caption": "c2", "status": "pending", "answer": json.dumps({"instruction": " "})}]))
     assert load_training_rows([tmp_path]) == [{"task": "remove", "instruction": "Erase it", "caption": "c1"}]
+
+
+def test_calibration_pass_keeps_candidates_and_the_main_pass_reuses_their_scores():
+    """Score-only (calibration) pass: nothing rejected, candidates kept. Main pass with calibrated
+    thresholds: the stored model scores are reused (no CLIP call) and the decision follows them."""
+    im = photo()
+    rules = {"color": {"clip_img": {"keep_top": 0.5}, "depth_l1": None}}
+    cal_cfg = JobConfig.model_validate({"filters": {"task_predictor": {"enabled": False}, "rules": rules,
+                                                    "enabled": False, "select_by": "l1"}})
+    cal = FilterStage(cal_cfg.model_dump(mode="json"))
+    assert cal.calibrating
+    r = row("color", [("a", brighter(im, 1.1)), ("b", brighter(im, 1.3))])
+    scored = cal(flow_table([r])).to_pylist()[0]
+    assert scored["status"] == "pending" and len(scored["candidates"]) == 2
+    clip_img = [c["scores"]["clip_img"] for c in json.loads(scored["candidates_report"])["candidates"]]
+
+    main_cfg = cal_cfg.model_copy(deep=True)
+    main_cfg.filters.enabled = True
+    main_cfg.filters.calibrated = {"color": {"clip_img": {"min": max(clip_img)}}}   # only the closer one passes
+    main = FilterStage(main_cfg.model_dump(mode="json"))
+    calls = []
+    clip = next(f for f in main.filters if f.name == "clip_metrics")
+    orig = clip.models.compute
+    clip.models.compute = lambda *a: calls.append(len(a[0])) or orig(*a)
+    got = main(flow_table([scored])).to_pylist()[0]
+    assert calls in ([], [0])                           # no image went through CLIP again
+    want = int(np.argmax(clip_img))
+    assert got["status"] == "pending" and json.loads(got["candidates_report"])["selected"] == want
+    assert got["candidates"] is None
+
+
+def test_every_filter_that_applies_to_a_task_runs_on_it():
+    """One row per runnable task through the real filter stage (tiny CLIP, DINO, DPT, Grounding
+    DINO; bundled task predictor): the scores on each row are exactly the filters of its task."""
+    from tasks import implemented
+    cfg = JobConfig.model_validate({"filters": {"enabled": False}})       # score everything, reject nothing
+    st = FilterStage(cfg.model_dump(mode="json"))
+    im = photo()
+    rows = []
+    for i, t in enumerate(implemented()):
+        r = row(t, out=brighter(im, 1.2))
+        r["id"], r["sample_index"] = f"id-{i}", i
+        r["answer"] = json.dumps({"instruction": "Make the cat a fox", "output_caption": "a fox on a mat",
+                                  "original_object": "the cat", "edited_object": "a fox"})
+        rows.append(r)
+    got = {r["task"]: set(json.loads(r["scores"])) for r in st(flow_table(rows)).to_pylist()}
+    base = {"clip_dir", "clip_img", "clip_out", "dino", "l1", "task_pred"}
+    for t, keys in got.items():
+        want = set(base)
+        if t in ("texture", "global", "style", "color"):
+            want.add("depth_l1")
+        if t in ("add", "remove", "local"):
+            want.add("detector")
+        if t == "color":
+            want |= {"clipped_frac", "contrast_ratio"}
+        assert keys == want, t
+    assert set(got) == set(implemented())

@@ -11,7 +11,9 @@ For a batch of rows:
   5. every candidate's scores and verdict go to ``candidates_report`` (provenance.candidates), the
      kept candidate's scores to ``scores``.
 With ``filters.enabled: false`` (also the calibration pass) nothing is rejected: the best candidate
-by ``select_by`` is kept and all scores are still recorded.
+by ``select_by`` is kept and all scores are still recorded. In the calibration pass (quantile rules
+not calibrated yet) the candidates stay on the row, so the main pass can judge them from their
+stored scores without generating them again.
 """
 from __future__ import annotations
 
@@ -36,6 +38,10 @@ class FilterStage(Stage):
         if self.fc.task_predictor.enabled:
             from filters.task_predictor import TaskPredictorCheck
             self.task_check = TaskPredictorCheck(self.fc.task_predictor)
+
+    @property
+    def calibrating(self) -> bool:
+        return self.fc.needs_calibration() and self.fc.calibrated is None
 
     def wants(self, row: dict) -> bool:
         return row["output_png"] is not None or bool(row["candidates"])
@@ -78,12 +84,19 @@ class FilterStage(Stage):
         raw = row["candidates"] or [{"input_png": row["input_png"], "output_png": row["output_png"],
                                      "mask_png": row["mask_png"], "mask_variant": row["mask_variant"],
                                      "params": row["params"]}]
+        # scores a calibration pass already computed for these very candidates are reused
+        known = json.loads(row["candidates_report"])["candidates"] if row["candidates_report"] else []
+        if len(known) != len(raw):
+            known = [{}] * len(raw)
         out = []
-        for k in raw:
+        for k, prior in zip(raw, known):
             c = Candidate(input_image=decode_png(k["input_png"]), output_image=decode_png(k["output_png"]),
                           params=json.loads(k["params"] or "{}"),
                           mask=decode_png(k["mask_png"]) if k["mask_png"] else None, **common)
             c.raw = k
+            # model scores only: verdict-producing filters still run, and task_pred is recomputed
+            c.scores.update({m: v for m, v in (prior.get("scores") or {}).items()
+                             if m in ("clip_dir", "clip_img", "clip_out", "dino", "l1", "depth_l1")})
             out.append(c)
         return out
 
@@ -125,7 +138,8 @@ class FilterStage(Stage):
             k = chosen.raw
             row["input_png"], row["output_png"], row["mask_png"] = k["input_png"], k["output_png"], k["mask_png"]
             row["mask_variant"], row["params"] = k["mask_variant"], k["params"]
-            row["candidates"] = None                 # images of the others are not kept
+            if not self.calibrating:
+                row["candidates"] = None             # images of the others are not kept
         if not passing and self.fc.enabled:
             name, v = chosen.failed
             n = len(cands)
