@@ -39,13 +39,16 @@ class MiniLMTaskPredictor:
         self.coef, self.intercept, self.tasks = np.asarray(coef), np.asarray(intercept), list(tasks)
 
     @classmethod
-    def fit(cls, instructions: list[str], labels: list[str], c: float = 8.0,
+    def fit(cls, instructions: list[str], labels: list[str], c: float = 2.0,
             embeddings: np.ndarray | None = None) -> "MiniLMTaskPredictor":
         from sklearn.linear_model import LogisticRegression
 
         from pipeline.text_metrics import embed
 
-        clf = LogisticRegression(C=c, max_iter=3000)
+        # balanced: jobs draw tasks uniformly by default, while the agents' pass rates (hence the
+        # training counts) differ 4x between tasks. C=2 and balancing were the best of
+        # C ∈ {0.5, 2, 8, 32} × {none, balanced} on held-out captions (46.6% vs 41.8% for C=8)
+        clf = LogisticRegression(C=c, max_iter=3000, class_weight="balanced")
         clf.fit(embed(instructions) if embeddings is None else embeddings, labels)
         return cls(clf.coef_, clf.intercept_, [str(t) for t in clf.classes_])
 
