@@ -58,7 +58,9 @@ class MiniLMTaskPredictor:
 
         if not instructions:
             return np.zeros((0, len(self.tasks))), self.tasks
-        z = embed(instructions) @ self.coef.T + self.intercept
+        # one at a time: padding to the batch's longest text changes the last bits of every
+        # embedding, and a resumed job must reproduce the same probabilities
+        z = embed(instructions, batch_size=1) @ self.coef.T + self.intercept
         if z.shape[1] == 1:                                   # binary sklearn layout
             z = np.concatenate([-z, z], axis=1)
         z = z - z.max(axis=1, keepdims=True)

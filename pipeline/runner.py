@@ -24,6 +24,10 @@ from pipeline.config import REPO_ROOT, JobConfig, JobError, dump_resolved
 from pipeline.plan import build_plan
 from pipeline.schema import flow_table
 from pipeline.shards import Manifest, ShardWriter
+# Imported here, not lazily after ray.init: inside a `ray job submit` driver with an editable install,
+# a later import of pipeline.stages resolved to the install's tree instead of the job's working dir
+# and then failed to import the working dir's pipeline.grounding submodules.
+from pipeline.stages import CHAIN, FilterStage
 
 log = logging.getLogger("pairforge")
 
@@ -82,7 +86,6 @@ def build_dataset(cfg: JobConfig, rows: list[dict], chain: tuple | None = None):
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
-    from pipeline.stages import CHAIN
     chain = chain or CHAIN
 
     ctx = DataContext.get_current()
@@ -162,8 +165,6 @@ def run_job(cfg: JobConfig, out: Path, *, progress: bool = True) -> dict:
 def _main_batches(cfg: JobConfig, live: list[dict], scored: list[dict]):
     """The main pass: samples the calibration pass already generated and scored only go through
     the filter stage (which reuses their stored scores); all others through the whole chain."""
-    from pipeline.stages import FilterStage
-
     if scored:
         yield from build_dataset(cfg, scored, chain=(FilterStage,)).iter_batches(batch_format="pyarrow", batch_size=None)
     seen = {r["id"] for r in scored}

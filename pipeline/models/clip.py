@@ -44,9 +44,15 @@ class ClipEncoder:
         self.model = model.to(device).eval()
         self._torch = torch
 
+
+    def _batch(self, batch_size: int) -> int:
+        # On a CPU, the batch's composition changes the kernels' blocking and with it the last bits
+        # of every row; a resumed job must reproduce the same scores, and batch 1 costs little there.
+        return batch_size if self.device != "cpu" else 1
     def images(self, images: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
         """HxWx3 uint8 RGB images → (N, D) unit vectors."""
         torch = self._torch
+        batch_size = self._batch(batch_size)
         out = []
         with torch.inference_mode():
             for i in range(0, len(images), batch_size):
@@ -59,6 +65,7 @@ class ClipEncoder:
     def texts(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         """Strings → (N, D) unit vectors (truncated to the text model's context)."""
         torch = self._torch
+        batch_size = self._batch(batch_size)
         out = []
         with torch.inference_mode():
             for i in range(0, len(texts), batch_size):

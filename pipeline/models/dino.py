@@ -29,8 +29,14 @@ class DinoEncoder:
         self.model = model.to(device).eval()
         self._torch = torch
 
+
+    def _batch(self, batch_size: int) -> int:
+        # On a CPU, the batch's composition changes the kernels' blocking and with it the last bits
+        # of every row; a resumed job must reproduce the same scores, and batch 1 costs little there.
+        return batch_size if self.device != "cpu" else 1
     def images(self, images: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
         torch = self._torch
+        batch_size = self._batch(batch_size)
         out = []
         with torch.inference_mode():
             for i in range(0, len(images), batch_size):
