@@ -20,7 +20,7 @@ Then per phrase: non-maximum suppression at ``nms_iou``; per image: best ``max_d
 """
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import ABC
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,12 +40,43 @@ class Detection:
 
 
 class Detector(ABC):
+    """Both Grounding DINO backends share every step but the forward pass: captions and the
+    tokens of each phrase, letterboxing, thresholds / phrase attribution / NMS (``decode``)."""
     model_id: str = ""
+    tokenizer: Any
+    max_len: int
+    size: int
+    g: Any
 
-    @abstractmethod
     def detect(self, images: list[np.ndarray], phrases: list[list[str]]) -> list[list[Detection]]:
         """images: HxWx3 uint8 RGB; phrases[i]: the phrases to look for in images[i]. Returns per
         image the detections above the box/text thresholds, best score first."""
+        if len(images) != len(phrases):
+            raise ValueError(f"{len(images)} images but {len(phrases)} phrase lists")
+        out: list[list[Detection]] = [[] for _ in images]
+        if not images:
+            return out
+        # 1. captions and which tokens belong to which phrase
+        caps, spans = zip(*(build_caption(p) for p in phrases))
+        todo = [i for i, c in enumerate(caps) if c]          # an image with no phrase has nothing to find
+        if not todo:
+            return out
+        images = [images[i] for i in todo]
+        caps, spans = [caps[i] for i in todo], [spans[i] for i in todo]
+        tokens = phrase_token_index(self.tokenizer, caps, spans, self.max_len)
+        # 2. one forward pass for the whole batch
+        px, valid = letterbox(images, self.size)
+        prob, boxes = self._forward(px, valid, caps)
+        # 3. thresholds, phrase attribution, NMS
+        for k, (i, img) in enumerate(zip(todo, images)):
+            out[i] = decode(prob[k], boxes[k], tokens[k], img.shape[:2], self.g)
+        return out
+
+    def _forward(self, px, valid, captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Letterboxed pixels [B,3,S,S], valid-pixel mask [B,S,S] and captions → token
+        probabilities [B, Q, max_text_len] and boxes [B, Q, 4] (cx, cy, w, h, relative).
+        A backend implements this; a detector that is not Grounding DINO overrides ``detect``."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither _forward nor detect")
 
 
 # ------------------------------------------------------------------------------------------------

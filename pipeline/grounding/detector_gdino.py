@@ -17,10 +17,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 
-from pipeline.grounding.detector import (REAL_IMAGE_SIZE, TINY_IMAGE_SIZE, Detection, Detector, build_caption,
-                                         decode, letterbox, phrase_token_index, pick_device)
+from pipeline.grounding.detector import REAL_IMAGE_SIZE, TINY_IMAGE_SIZE, Detector, pick_device
 from pipeline.grounding import gdino_compat
 from pipeline.models.tiny import TINY, is_tiny
 
@@ -116,26 +114,10 @@ class GroundingDinoPyDetector(Detector):
         self.max_len = int(self.model.max_text_len)
         self._torch = torch
 
-    def detect(self, images: list[np.ndarray], phrases: list[list[str]]) -> list[list[Detection]]:
-        if len(images) != len(phrases):
-            raise ValueError(f"{len(images)} images but {len(phrases)} phrase lists")
-        if not images:
-            return []
+    def _forward(self, px, valid, caps):
         torch = self._torch
-        caps, spans = zip(*(build_caption(p) for p in phrases))
-        out: list[list[Detection]] = [[] for _ in images]
-        todo = [i for i, c in enumerate(caps) if c]          # an image with no phrase has nothing to find
-        if not todo:
-            return out
-        images = [images[i] for i in todo]
-        caps, spans = [caps[i] for i in todo], [spans[i] for i in todo]
-        tokens = phrase_token_index(self.tokenizer, caps, spans, self.max_len)
-        px, valid = letterbox(images, self.size)
         samples = self.NestedTensor(px.to(self.device), (~valid).to(self.device))   # mask: True = padding
         with torch.inference_mode(), gdino_compat.quiet():
             res = self.model(samples, captions=caps)
         prob = res["pred_logits"].sigmoid().float().cpu().numpy()
-        boxes = res["pred_boxes"].float().cpu().numpy()
-        for k, (i, img) in enumerate(zip(todo, images)):
-            out[i] = decode(prob[k], boxes[k], tokens[k], img.shape[:2], self.g)
-        return out
+        return prob, res["pred_boxes"].float().cpu().numpy()

@@ -6,10 +6,8 @@ pads each batch to its largest image, so an image's tensor (and its boxes) would
 other images share its batch."""
 from __future__ import annotations
 
-import numpy as np
 
-from pipeline.grounding.detector import (REAL_IMAGE_SIZE, TINY_IMAGE_SIZE, Detection, Detector, build_caption,
-                                         decode, letterbox, phrase_token_index, pick_device)
+from pipeline.grounding.detector import REAL_IMAGE_SIZE, TINY_IMAGE_SIZE, Detector, pick_device
 from pipeline.models.tiny import TINY, is_tiny
 
 
@@ -36,23 +34,8 @@ class TransformersDetector(Detector):
         self.max_len = int(self.model.config.max_text_len)
         self._torch = torch
 
-    def detect(self, images: list[np.ndarray], phrases: list[list[str]]) -> list[list[Detection]]:
-        if len(images) != len(phrases):
-            raise ValueError(f"{len(images)} images but {len(phrases)} phrase lists")
-        if not images:
-            return []
+    def _forward(self, px, valid, caps):
         torch = self._torch
-        # 1. captions and which tokens belong to which phrase
-        caps, spans = zip(*(build_caption(p) for p in phrases))
-        out: list[list[Detection]] = [[] for _ in images]
-        todo = [i for i, c in enumerate(caps) if c]          # an image with no phrase has nothing to find
-        if not todo:
-            return out
-        images = [images[i] for i in todo]
-        caps, spans = [caps[i] for i in todo], [spans[i] for i in todo]
-        tokens = phrase_token_index(self.tokenizer, caps, spans, self.max_len)
-        # 2. one forward pass for the whole batch
-        px, valid = letterbox(images, self.size)
         enc = self.tokenizer(caps, padding="longest", truncation=True, max_length=self.max_len,
                              return_tensors="pt")
         with torch.inference_mode():
@@ -61,8 +44,4 @@ class TransformersDetector(Detector):
                              attention_mask=enc["attention_mask"].to(self.device),
                              token_type_ids=enc.get("token_type_ids", torch.zeros_like(enc["input_ids"])).to(self.device))
         prob = res.logits.sigmoid().float().cpu().numpy()        # [B, Q, max_text_len]; -inf → 0 past the text
-        boxes = res.pred_boxes.float().cpu().numpy()             # [B, Q, 4] cx cy w h, relative to the image
-        # 3. thresholds, phrase attribution, NMS
-        for k, (i, img) in enumerate(zip(todo, images)):
-            out[i] = decode(prob[k], boxes[k], tokens[k], img.shape[:2], self.g)
-        return out
+        return prob, res.pred_boxes.float().cpu().numpy()        # [B, Q, 4] cx cy w h, relative to the image
