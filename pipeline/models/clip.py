@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.models.tiny import check_local_path, is_tiny, seeded, tiny_tokenizer
+from pipeline.models.tiny import batches, check_local_path, is_tiny, seeded, tiny_tokenizer
 
 TINY_IMAGE_SIZE = 64
 
@@ -44,19 +44,13 @@ class ClipEncoder:
         self.model = model.to(device).eval()
         self._torch = torch
 
-
-    def _batch(self, batch_size: int) -> int:
-        # On a CPU, the batch's composition changes the kernels' blocking and with it the last bits
-        # of every row; a resumed job must reproduce the same scores, and batch 1 costs little there.
-        return batch_size if self.device != "cpu" else 1
     def images(self, images: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
         """HxWx3 uint8 RGB images → (N, D) unit vectors."""
         torch = self._torch
-        batch_size = self._batch(batch_size)
         out = []
         with torch.inference_mode():
-            for i in range(0, len(images), batch_size):
-                px = self.processor(images=list(images[i:i + batch_size]), return_tensors="pt")["pixel_values"]
+            for chunk in batches(images, batch_size, self.device):
+                px = self.processor(images=chunk, return_tensors="pt")["pixel_values"]
                 f = self.model.get_image_features(pixel_values=px.to(self.device))
                 f = getattr(f, "pooler_output", f)
                 out.append(torch.nn.functional.normalize(f.float(), dim=-1).cpu().numpy())
@@ -65,11 +59,10 @@ class ClipEncoder:
     def texts(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         """Strings → (N, D) unit vectors (truncated to the text model's context)."""
         torch = self._torch
-        batch_size = self._batch(batch_size)
         out = []
         with torch.inference_mode():
-            for i in range(0, len(texts), batch_size):
-                enc = self.tokenizer(list(texts[i:i + batch_size]), padding="max_length", truncation=True,
+            for chunk in batches(texts, batch_size, self.device):
+                enc = self.tokenizer(chunk, padding="max_length", truncation=True,
                                      max_length=self.model.config.text_config.max_position_embeddings,
                                      return_tensors="pt")
                 f = self.model.get_text_features(input_ids=enc["input_ids"].to(self.device),

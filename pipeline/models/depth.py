@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.models.tiny import check_local_path, is_tiny, seeded
+from pipeline.models.tiny import batches, check_local_path, is_tiny, seeded
 
 TINY_IMAGE_SIZE = 64
 
@@ -44,19 +44,13 @@ class DepthEstimator:
         self.model = model.to(device).eval()
         self._torch = torch
 
-
-    def _batch(self, batch_size: int) -> int:
-        # On a CPU, the batch's composition changes the kernels' blocking and with it the last bits
-        # of every row; a resumed job must reproduce the same scores, and batch 1 costs little there.
-        return batch_size if self.device != "cpu" else 1
     def predict(self, images: list[np.ndarray], batch_size: int = 16) -> list[np.ndarray]:
         """HxWx3 uint8 → the model's depth map per image at the model's resolution (float32)."""
         torch = self._torch
-        batch_size = self._batch(batch_size)
         out: list[np.ndarray] = []
         with torch.inference_mode():
-            for i in range(0, len(images), batch_size):
-                px = self.processor(images=list(images[i:i + batch_size]), return_tensors="pt")["pixel_values"]
+            for chunk in batches(images, batch_size, self.device):
+                px = self.processor(images=chunk, return_tensors="pt")["pixel_values"]
                 d = self.model(pixel_values=px.to(self.device)).predicted_depth
                 out += [x for x in d.float().cpu().numpy()]
         return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.models.tiny import check_local_path, is_tiny, seeded
+from pipeline.models.tiny import batches, check_local_path, is_tiny, seeded
 
 TINY_IMAGE_SIZE = 64
 
@@ -29,18 +29,12 @@ class DinoEncoder:
         self.model = model.to(device).eval()
         self._torch = torch
 
-
-    def _batch(self, batch_size: int) -> int:
-        # On a CPU, the batch's composition changes the kernels' blocking and with it the last bits
-        # of every row; a resumed job must reproduce the same scores, and batch 1 costs little there.
-        return batch_size if self.device != "cpu" else 1
     def images(self, images: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
         torch = self._torch
-        batch_size = self._batch(batch_size)
         out = []
         with torch.inference_mode():
-            for i in range(0, len(images), batch_size):
-                px = self.processor(images=list(images[i:i + batch_size]), return_tensors="pt")["pixel_values"]
+            for chunk in batches(images, batch_size, self.device):
+                px = self.processor(images=chunk, return_tensors="pt")["pixel_values"]
                 cls = self.model(pixel_values=px.to(self.device)).last_hidden_state[:, 0]
                 out.append(torch.nn.functional.normalize(cls.float(), dim=-1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.model.config.hidden_size), np.float32)

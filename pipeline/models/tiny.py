@@ -47,3 +47,12 @@ def check_local_path(spec: str, role: str) -> None:
     looks_local = spec.startswith((".", "/", "~")) or p.suffix in (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
     if looks_local and not p.exists():
         raise FileNotFoundError(f"models.{role}: checkpoint {spec!r} does not exist")
+
+
+def batches(items: list, batch_size: int, device: str):
+    """Consecutive chunks of ``items`` for an encoder. On a CPU one item at a time: there the batch's
+    composition changes the kernels' blocking and with it the last bits of every row, and a resumed
+    job must reproduce the same scores (batch 1 costs little on a CPU)."""
+    size = batch_size if device != "cpu" else 1
+    for i in range(0, len(items), size):
+        yield list(items[i:i + size])
