@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from filters.config import FilterConfig  # noqa: E402  (the filters block lives with the filters)
 from pipeline.grounding.config import GroundingConfig  # the grounding block lives with the grounding stage
 from pipeline.diffusion.config import DiffusionConfig  # the diffusion block lives with the generators
+from pipeline.text.config import TextConfig  # the text block lives with the OCR text generator
+from pipeline.translate.config import TranslationConfig  # the translation block lives with its annotators
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -117,6 +119,10 @@ class StagesConfig(_Strict):
     diffusion: StageResources = Field(default_factory=lambda: StageResources(actors=1, num_cpus=1, batch_size=2),
                                       description="Diffusion stages (base images; P2P / PnP / inpainting edits): one pool "
                                       "each, both of this size; give them num_gpus on a cluster.")
+    text: StageResources = Field(default_factory=lambda: StageResources(actors=1, num_cpus=0.5, batch_size=8),
+                                 description="Text stage (EasyOCR + inpainting; give it num_gpus on a cluster).")
+    translate: StageResources = Field(default_factory=lambda: StageResources(actors=1, num_cpus=0.5, batch_size=8),
+                                      description="Translation stage (depth, pose and segmentation annotators; Canny, normals).")
 
 
 class OutputConfig(_Strict):
@@ -148,6 +154,8 @@ class ModelsConfig(_Strict):
     clip: str = Field("tiny-random", description="CLIP model for the CLIP filters and metrics.")
     depth: str = Field("tiny-random", description="Depth model (DPT) for the depth task and the depth-L1 filter.")
     dino: str = Field("tiny-random", description="DINO ViT for the DINO similarity metric.")
+    pose: str = Field("tiny-random", description="Keypoint model (transformers) for the pose task.")
+    segmentation: str = Field("tiny-random", description="Semantic segmentation model (transformers) for the segmentation-map task.")
 
 
 class JobConfig(_Strict):
@@ -167,6 +175,9 @@ class JobConfig(_Strict):
                                        "candidates, resolution, recipe parameter ranges (checkpoints: models.text_to_image / models.inpaint).")
     grounding: GroundingConfig = Field(default_factory=GroundingConfig, description="Detector and segmenter "
                                        "backends, thresholds and mask sizes (checkpoints: models.detector / models.segmenter).")
+    text: TextConfig = Field(default_factory=TextConfig, description="Text task: OCR, inpainting, fonts and colours.")
+    translation: TranslationConfig = Field(default_factory=TranslationConfig, description="Translation tasks: annotator "
+                                           "settings (checkpoints: models.depth / models.pose / models.segmentation).")
     max_caption_chars: int = Field(2000, ge=10, description="Longer captions are rejected as 'caption_too_long'.")
 
     @field_validator("tasks")

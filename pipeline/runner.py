@@ -95,7 +95,10 @@ def build_dataset(cfg: JobConfig, rows: list[dict], chain: tuple | None = None):
     block = max(1, min(s.batch_size for s in (cfg.stages.instruct, cfg.stages.load, cfg.stages.cpu, cfg.stages.filter)))
     ds = ray.data.from_arrow([table.slice(i, block) for i in range(0, table.num_rows, block)])
     cfg_dict = cfg.model_dump(mode="json")
+    tasks = {r["task"] for r in rows}
     for stage in chain:
+        if not stage.needed(tasks):
+            continue
         res = getattr(cfg.stages, stage.resources_key)
         ds = ds.map_batches(stage, fn_constructor_kwargs={"cfg": cfg_dict}, batch_size=res.batch_size,
                             batch_format="pyarrow", compute=ActorPoolStrategy(size=res.actors), num_cpus=res.num_cpus,

@@ -7,8 +7,11 @@ from pipeline.stages.ground import GroundStage
 from pipeline.stages.instruct import InstructStage
 from pipeline.stages.load import LoadStage
 from pipeline.stages.pair import CpuPairStage
+from pipeline.stages.text import TextStage
+from pipeline.stages.translate import TranslateStage
 
 # Order of the chain; the runner builds one actor pool per entry.
-CHAIN = (LoadStage, InstructStage, DiffusionBaseStage, GroundStage, DiffusionEditStage, CpuPairStage, FilterStage)
+CHAIN = (LoadStage, InstructStage, DiffusionBaseStage, GroundStage, TextStage, TranslateStage, DiffusionEditStage,
+         CpuPairStage, FilterStage)
 
-__all__ = ["Stage", "LoadStage", "InstructStage", "DiffusionBaseStage", "GroundStage", "DiffusionEditStage", "CpuPairStage", "FilterStage", "CHAIN"]
+__all__ = ["Stage", "LoadStage", "InstructStage", "DiffusionBaseStage", "GroundStage", "DiffusionEditStage", "CpuPairStage", "TextStage", "TranslateStage", "FilterStage", "CHAIN"]

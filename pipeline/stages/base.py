@@ -30,6 +30,12 @@ class Stage:
     def setup(self) -> None:
         """Load models / open clients. Runs once per actor."""
 
+    @classmethod
+    def needed(cls, tasks: set[str]) -> bool:
+        """Whether a job whose rows have these tasks needs this stage's actor pool at all (a stage
+        that serves only some tasks says no for the others, so it loads no models for nothing)."""
+        return True
+
     def wants(self, row: dict) -> bool:
         return True
 
