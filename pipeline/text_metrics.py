@@ -29,7 +29,6 @@ def _minilm():
     path = str(get_model_path())
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModel.from_pretrained(path).eval()
-    torch.set_grad_enabled(False)
     return tok, model
 
 
@@ -42,7 +41,8 @@ def embed(texts: list[str], batch_size: int = 64) -> np.ndarray:
     out = []
     for i in range(0, len(texts), batch_size):
         enc = tok(texts[i:i + batch_size], padding=True, truncation=True, max_length=128, return_tensors="pt")
-        hidden = model(**enc).last_hidden_state
+        with torch.inference_mode():   # locally: a global switch would leak into whoever trains next
+            hidden = model(**enc).last_hidden_state
         m = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         v = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
         out.append(torch.nn.functional.normalize(v, dim=-1).numpy())
