@@ -7,8 +7,9 @@ segmentation maps, each in both directions.
 
 The five tasks differ only in their name, the words that name their map, and their prompt file, so
 they share one base class, ``TranslationTask``. ``plan`` draws the direction uniformly; the agent is
-told the direction and echoes it in its answer ``{instruction, direction}``. The maps themselves will
-come from annotators (a later pair generator); only the instruction agents live here.
+told the direction and echoes it in its answer ``{instruction, direction}``. The maps come from the
+annotators of ``pipeline.translate`` (the translation stage builds them once and hands them to
+``make_pair``): image_to_map pairs are (photo, map), map_to_image pairs are (map, photo).
 
 Answer checks (reject reasons):
   direction_mismatch           the answer's direction is not the planned one;
@@ -24,7 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from tasks import register
-from tasks.base import Task
+from tasks.base import Pair, SampleReject, Task
 
 DIRECTIONS = ("image_to_map", "map_to_image")
 
@@ -73,7 +74,7 @@ def render_query(caption: str, direction: str) -> str:
 class TranslationTask(Task):
     """Shared plan / query / check of the translation tasks; subclasses set the names and words."""
 
-    stage = "cpu"
+    stage = "translate"
     needs_input_image = True
     map_words: ClassVar[tuple[str, ...]] = ()      # words / phrases that name this task's map
 
@@ -111,6 +112,22 @@ class TranslationTask(Task):
         if content and not content & set(normalise_words(instruction)):
             return "instruction_wrong_direction"
         return None
+
+    def make_pair(self, image: np.ndarray, answer: dict[str, Any], plan: dict[str, Any],
+                  rng: np.random.Generator, annotators=None) -> Pair:
+        """The photo's map from the task's annotator, then the pair in the planned direction."""
+        if annotators is None or self.name not in annotators:
+            raise SampleReject("no_annotators", f"task {self.name} needs the translation stage's annotators")
+        direction = plan.get("direction")
+        if direction not in DIRECTIONS:
+            raise SampleReject("bad_plan", f"direction {direction!r} is not one of {', '.join(DIRECTIONS)}")
+        m = annotators.make_map(self.name, image, rng)       # SampleReject: empty_map, no_pose
+        if m.image.shape != image.shape:
+            raise ValueError(f"{self.name} annotator returned {m.image.shape}, photo is {image.shape}")
+        params = {"direction": direction, **m.params}
+        if direction == "image_to_map":
+            return Pair(input_image=image, output_image=m.image, params=params)
+        return Pair(input_image=m.image, output_image=image, params=params)
 
 
 @register

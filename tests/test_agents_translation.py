@@ -49,14 +49,14 @@ def test_registered(name, task):
     assert set(TASKS) == set(NAMES)
     assert _REGISTRY[name] is TASKS[name]
     assert task.name == name and task.task_id == TASK_IDS[name]
-    assert task.stage == "cpu" and task.needs_input_image is True
+    assert task.stage == "translate" and task.needs_input_image is True
     assert task.prompt_file == f"{name}.yaml"
     assert isinstance(task, T.TranslationTask)
-    assert not task.has_generator()                     # instruction agent only, for now
-    with pytest.raises(SampleReject) as e:
+    assert task.has_generator()                         # pairs come from the translation stage
+    with pytest.raises(SampleReject) as e:              # ... which hands make_pair its annotators
         task.make_pair(np.zeros((8, 8, 3), np.uint8), {}, {"direction": "image_to_map"},
                        np.random.default_rng(0))
-    assert e.value.reason == "no_generator"
+    assert e.value.reason == "no_annotators"
 
 
 def test_normalise_words():

@@ -23,7 +23,10 @@ def test_task_draw_follows_weights():
     assert 0.72 < share < 0.78
 
 
-def test_source_task_column_overrides_and_unknown_task_is_rejected(tmp_path):
+def test_source_task_column_overrides_and_unknown_task_is_rejected(tmp_path, monkeypatch):
+    import pipeline.plan
+    # sketch has a generator now: pretend it is agent-only, to see such a task refused
+    monkeypatch.setattr(pipeline.plan, "implemented", lambda: ["color"])
     src = tmp_path / "c.jsonl"
     src.write_text("\n".join(json.dumps(r) for r in [
         {"caption": "a red kite", "task": "color"}, {"caption": "a blue kite", "task": "teleport"},
@@ -32,4 +35,4 @@ def test_source_task_column_overrides_and_unknown_task_is_rejected(tmp_path):
     assert [r["task"] for r in rows] == ["color", "teleport", "sketch"]
     assert rows[0]["status"] == "pending"
     assert (rows[1]["status"], rows[1]["reject_reason"]) == ("rejected", "unknown_task")
-    assert (rows[2]["status"], rows[2]["reject_reason"]) == ("rejected", "no_generator")   # agent only so far
+    assert (rows[2]["status"], rows[2]["reject_reason"]) == ("rejected", "no_generator")   # agent only (patched)
