@@ -24,5 +24,19 @@ else
   echo "[setup] .venv up to date"
 fi
 
+# Fonts for the text task's new text (pipeline/text/fonts.py picks among them by the agent's font
+# description): DejaVu, plus Liberation (Arial/Times/Courier metrics) and GNU FreeFont when apt-get
+# and root are available; otherwise the step is skipped and DejaVu alone is used.
+FONT_PKGS="fonts-dejavu-core fonts-liberation fonts-freefont-ttf"
+if [ -d /usr/share/fonts/truetype/liberation ] && [ -d /usr/share/fonts/truetype/freefont ]; then
+  echo "[setup] fonts present"
+elif command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "[setup] installing fonts: $FONT_PKGS"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $FONT_PKGS; } \
+    >/dev/null 2>&1 || echo "[setup] font install failed; the text task uses the fonts already there"
+else
+  echo "[setup] skipping font packages (needs apt-get and root): the text task uses the fonts already there"
+fi
+
 bash deploy/setup_llm_env.sh
 echo "[setup] done: .venv/bin/pairforge --help"

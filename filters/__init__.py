@@ -20,6 +20,9 @@ def build_filters(cfg) -> list[Filter]:
         from filters.detector_checks import DetectorChecks
         from pipeline.grounding.detector import build_detector
         out.append(DetectorChecks(build_detector(cfg.models.detector, cfg.grounding)))
+    if fc.ocr_checks and "text" in tasks:
+        from filters.ocr_checks import OcrChecks
+        out.append(OcrChecks(cfg.text))
     return out
 
 

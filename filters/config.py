@@ -88,6 +88,8 @@ class FilterConfig(_Strict):
                            "the best by this metric (clip_dir, clip_img, clip_out, dino, depth_l1).")
     detector_checks: bool = Field(True, description="add: the edited object is detected in the output; remove: "
                                   "the object is gone; local: the original is gone and the edited one present.")
+    ocr_checks: bool = Field(True, description="text: OCR reads the new text after replace / add and finds no "
+                             "text in the mask after remove (EasyOCR, settings of the text block).")
     calibration_samples: int = Field(48, ge=4, le=100_000, description="Quantile rules: samples per task "
                                      "(the first ones of the plan) whose candidate scores set the threshold.")
     task_predictor: TaskPredictorConfig = Field(default_factory=TaskPredictorConfig,

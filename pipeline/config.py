@@ -46,6 +46,8 @@ class SourceConfig(_Strict):
     image_column: str = Field("image", description="Image field in Parquet rows (HF Image struct or bytes).")
     task_column: str = Field("task", description="Optional per-row task field; when present it overrides the task mix.")
     limit: int | None = Field(None, ge=1, description="Use only the first N source rows.")
+    demo_signs: int = Field(24, ge=0, le=24, description="demo only: how many photos with a composed sign "
+                            "(known text, routed to the text task) the demo adds when the job runs the text task.")
     repeats: int = Field(1, ge=1, le=1000, description="Samples drawn per source row (attempt 0..repeats-1); "
                          "each attempt has its own seed, plan and LLM request.")
 

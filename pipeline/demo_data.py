@@ -3,7 +3,8 @@ captions written for them, plus image-less captions for the text-to-image tasks.
 
 Only photos that load offline from the scikit-image wheel are listed (``skimage.data.cat`` is the
 same picture as ``chelsea``; ``eagle``, ``lily``, ``skin`` ... need ``pooch`` and a download, so
-they are left out). ``logo`` is RGBA and is composited on white; grayscale arrays are repeated
+they are left out). ``DEMO_SIGNS`` photos get a sign with known text for the text task.
+``logo`` is RGBA and is composited on white; grayscale arrays are repeated
 into three channels.
 """
 from __future__ import annotations
@@ -154,4 +155,16 @@ DEMO_CAPTIONS: tuple[str, ...] = (
     "A family of ducks swimming in a pond",
 )
 
-__all__ = ["DEMO_PHOTOS", "DEMO_CAPTIONS", "load_demo_photo", "to_rgb_uint8"]
+
+# Photos with a composed sign whose text the caption quotes (pipeline/text/signs.py); the demo source
+# routes them to the text task, after the plain photos.
+DEMO_SIGNS = 24
+
+
+def load_demo_sign(index: int) -> np.ndarray:
+    """The ``index``-th demo sign photo as HxWx3 uint8 RGB."""
+    from pipeline.text.signs import sign_sample
+    return sign_sample(int(index)).image
+
+
+__all__ = ["DEMO_PHOTOS", "DEMO_CAPTIONS", "DEMO_SIGNS", "load_demo_photo", "load_demo_sign", "to_rgb_uint8"]

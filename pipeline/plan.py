@@ -28,7 +28,7 @@ def build_plan(cfg: JobConfig) -> list[dict]:
     p = w / w.sum()
     impl, agents = set(implemented()), set(with_agents())
     rows: list[dict] = []
-    for src in iter_source(cfg.source):
+    for src in iter_source(cfg.source, tasks=set(cfg.tasks)):
         for attempt in range(cfg.source.repeats):
             task = src.task or _draw_task(names, p, cfg.seed, src.source_id, attempt)
             sid = sample_id(cfg.seed, src.source_id, task, attempt)

@@ -96,14 +96,27 @@ def _parquet(path: Path, cfg) -> Iterator[SourceRow]:
             i += 1
 
 
-def iter_source(cfg) -> Iterator[SourceRow]:
-    """Rows of the job's source, in a stable order."""
-    from pipeline.demo_data import DEMO_PHOTOS
+def _demo(tasks, n_signs: int) -> Iterator[SourceRow]:
+    """The bundled photos (task from the job's mix), then — when the job runs the text task — the
+    photos with a composed sign, routed to it (a plain photo has no text to edit)."""
+    from pipeline.demo_data import DEMO_PHOTOS, DEMO_SIGNS
 
+    for name, caps in DEMO_PHOTOS.items():
+        for k, cap in enumerate(caps):
+            yield SourceRow(f"demo:{name}:{k}", cap, {"kind": "skimage", "name": name})
+    if tasks is None or "text" in tasks:
+        from pipeline.text.signs import sign_spec
+        for i in range(min(n_signs, DEMO_SIGNS)):
+            spec = sign_spec(i)
+            yield SourceRow(f"demo-sign:{i}", spec.caption, {"kind": "demo_sign", "index": i}, "text")
+
+
+def iter_source(cfg, tasks=None) -> Iterator[SourceRow]:
+    """Rows of the job's source, in a stable order. ``tasks``: the job's task names (the demo adds
+    its sign photos only for a job with the text task; None: always)."""
     n = 0
     if cfg.kind == "demo":
-        it = (SourceRow(f"demo:{name}:{k}", cap, {"kind": "skimage", "name": name})
-              for name, caps in DEMO_PHOTOS.items() for k, cap in enumerate(caps))
+        it = _demo(tasks, cfg.demo_signs)
     else:
         path = Path(cfg.path)
         if not path.exists():
@@ -136,6 +149,9 @@ def read_image_bytes(ref: dict) -> bytes | np.ndarray:
     if kind == "skimage":
         from pipeline.demo_data import load_demo_photo
         return load_demo_photo(ref["name"])
+    if kind == "demo_sign":
+        from pipeline.demo_data import load_demo_sign
+        return load_demo_sign(ref["index"])
     if kind == "parquet":
         import pyarrow.parquet as pq
         t = _parquet_table(ref["path"], ref["column"])

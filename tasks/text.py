@@ -5,9 +5,10 @@ operation, and the agent answers with the instruction, the text before and after
 for add, ``new_text`` "" for remove), the font family description and colour name of the new text
 (either may be "" for remove), and the caption of the edited photo.
 
-The pair generator (OCR mask of the text, inpaint; add = inpainted -> original, remove = original ->
-inpainted, replace = new text drawn on the inpainted region; DESIGN.md §3) lands later; until then
-``make_pair`` keeps the base default ("no_generator").
+The pair generator is ``pipeline.text.editor.TextEditor`` (EasyOCR finds the named text, its mask is
+inpainted; add = inpainted -> original, remove = original -> inpainted, replace = new text drawn on
+the inpainted region in the chosen font and colour; DESIGN.md §3). The text stage
+(``pipeline/stages/text.py``) holds one editor per actor and passes it in.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from tasks import register
-from tasks.base import Task
+from tasks.base import Pair, Task
 
 OPS = ("add", "remove", "replace")
 _QUOTES = "\"'\u2018\u2019\u201c\u201d`"
@@ -36,7 +37,7 @@ def render_query(caption: str, op: str) -> str:
 @register
 class TextTask(Task):
     name = "text"
-    stage = "grounding"
+    stage = "text"
     needs_input_image = True
     prompt_file = "text.yaml"
 
@@ -57,3 +58,13 @@ class TextTask(Task):
         if want_new and new not in _squash(answer.get("instruction", "")):
             return "new_text_not_in_instruction"
         return None
+
+    def make_pair(self, image: np.ndarray, answer: dict[str, Any], plan: dict[str, Any],
+                  rng: np.random.Generator, *, editor=None) -> Pair:
+        """``editor``: the stage's ``TextEditor`` (OCR loaded once per actor); None builds one with
+        the default ``TextConfig`` (loads EasyOCR: for scripts, not for a stage)."""
+        if editor is None:
+            from pipeline.text.config import TextConfig
+            from pipeline.text.editor import TextEditor
+            editor = TextEditor(TextConfig())
+        return editor.make_pair(image, answer, plan, rng)

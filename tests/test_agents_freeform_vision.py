@@ -20,7 +20,7 @@ from tasks import detect as _detect, global_edit as _global, segment as _segment
 from tasks import style as _style, text as _text  # noqa: F401  (register)
 
 TASKS = ("global", "style", "text", "detect", "segment")
-STAGES = {"global": "diffusion", "style": "diffusion", "text": "grounding", "detect": "grounding",
+STAGES = {"global": "diffusion", "style": "diffusion", "text": "text", "detect": "grounding",
           "segment": "grounding"}
 NEEDS_INPUT = {"global": False, "style": True, "text": True, "detect": True, "segment": True}
 KEYS = {
