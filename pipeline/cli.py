@@ -14,6 +14,9 @@ EPILOG = """examples:
   pairforge verify out/demo                                   # schema, counts, checksums
   pairforge bench deploy/profiles/local.yaml                  # per-stage throughput, efficiency, memory
   pairforge agents-report -n 200                              # instruction validity and diversity
+  pairforge train --shards out/demo --out runs/demo           # fit the editing model on the shards
+  pairforge edit photo.png "make it brighter" --checkpoint runs/demo/final
+  pairforge eval --checkpoint runs/demo/final --shards out/demo   # CLIP/L1/DINO on held-out rows
 """
 
 
@@ -163,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     tp.add_argument("--holdout", type=float, default=0.2, help="fraction of captions held out for the accuracy")
     tp.add_argument("--json", action="store_true")
     tp.set_defaults(fn=cmd_task_predictor)
+
+    from trainer.cli import add_subcommands   # train, edit, eval (the editing model)
+    add_subcommands(sub)
 
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s")

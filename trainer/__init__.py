@@ -1,1 +1,3 @@
-"""The task-conditioned editing model trainer (issue 8: not built yet; this package is its home)."""
+"""The task-conditioned editing model (Emu Edit §4) trained on the shards: model.py (UNet + task
+embedding, checkpoint layout), data.py (streaming shard rows), train.py (the loop; accelerate and
+Ray Train), edit.py (guidance, thresholding), evaluate.py (the paper's metrics), cli.py."""
