@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -63,10 +64,17 @@ def test_job_submitted_to_two_node_cluster(two_node_cluster, vllm_url, tmp_path)
                     stages__filter={"actors": 1, "num_cpus": 0.25, "batch_size": 4, "resources": {"worker_node": 0.5}},
                     stages__cpu={"actors": 1, "num_cpus": 0.25, "batch_size": 4, "resources": {"head_node": 0.5}})
     try:
-        p = subprocess.run(
-            [RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT),
-             "--", "python", "-m", "pipeline.cli", "run", job.name, "--out", str(out), "--no-progress"],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        # the head's job agent comes up some time after `ray start` returns (late on a loaded
+        # machine); until then a submission is refused before anything runs, so it is safe to retry
+        deadline = time.monotonic() + 180
+        while True:
+            p = subprocess.run(
+                [RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT),
+                 "--", "python", "-m", "pipeline.cli", "run", job.name, "--out", str(out), "--no-progress"],
+                cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+            if "No available agent to submit job" not in p.stderr + p.stdout or time.monotonic() > deadline:
+                break
+            time.sleep(5)
     finally:
         job.unlink(missing_ok=True)
     assert p.returncode == 0, p.stdout[-5000:] + p.stderr[-3000:]
