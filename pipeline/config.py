@@ -229,10 +229,10 @@ def _format_errors(path: str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def load_job(path: str | Path, overrides: dict | None = None) -> JobConfig:
-    path = Path(path)
+def read_config_file(path: Path, overrides: dict | None = None, what: str = "job file") -> dict:
+    """A YAML config file as a dict with dotted ``--set`` overrides applied (job and trainer files)."""
     if not path.exists():
-        raise ConfigError(f"{path}: job file not found")
+        raise ConfigError(f"{path}: {what} not found")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
@@ -245,6 +245,12 @@ def load_job(path: str | Path, overrides: dict | None = None) -> JobConfig:
         for p in parents:
             cur = cur.setdefault(p, {})
         cur[leaf] = value
+    return data
+
+
+def load_job(path: str | Path, overrides: dict | None = None) -> JobConfig:
+    path = Path(path)
+    data = read_config_file(path, overrides)
     try:
         return JobConfig.model_validate(data)
     except ValidationError as e:

@@ -9,7 +9,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pipeline.config import ConfigError, _format_errors, describe_fields
+from pipeline.config import ConfigError, _format_errors, describe_fields, read_config_file
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -86,20 +86,7 @@ def load_train_config(path: str | Path | None = None, overrides: dict | None = N
     path = Path(path or "tiny")
     if not path.suffix and not path.exists():
         path = CONFIG_DIR / f"{path}.yaml"
-    if not path.exists():
-        raise ConfigError(f"{path}: trainer config not found (see trainer/configs/)")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of fields")
-    for dotted, value in (overrides or {}).items():
-        cur = data
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            cur = cur.setdefault(p, {})
-        cur[leaf] = value
+    data = read_config_file(path, overrides, what="trainer config (see trainer/configs/)")
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as e:
