@@ -106,6 +106,19 @@ def test_cross_attention_injection_takes_source_columns_on_shared_tokens():
     torch.testing.assert_close(out[c], _finish(attn, (p @ v[c])[None])[0], atol=1e-5, rtol=1e-5)
 
 
+def test_schedules_and_token_map_follow_the_unet_device():
+    # found on the first GPU run: the token map, built on the CPU by the tokenizer, was indexed with
+    # row indices on the GPU. The "meta" device stands in for a GPU here.
+    lay = BatchLayout(2)
+    ctl = AttentionControl(lay, self_steps=[3, 0], cross_steps=[5, 5], token_map=torch.zeros(2, 7, dtype=torch.long),
+                           token_alpha=torch.ones(2, 7))
+    ctl.set_step(0, "meta")
+    pairs = [ctl.pairs(k) for k in ("self", "cross")]
+    assert all(t.device.type == "meta" for p in pairs for t in (p.dst, p.src, p.cand))
+    assert ctl.token_map.device.type == "meta" and ctl.token_alpha.device.type == "meta"
+    assert ctl.pairs("feature") is None and pairs[0].dst.shape == (1,) and pairs[1].dst.shape == (2,)
+
+
 @pytest.mark.parametrize("which", ["sd", "sd_deep"])
 def test_processors_install_run_and_restore_on_two_unet_shapes(which, request, base):
     comps = request.getfixturevalue(which)

@@ -98,6 +98,8 @@ class AttentionControl:
 
     def set_step(self, step: int, device: torch.device | str = "cpu") -> None:
         self.step = step
+        if self.token_map is not None:      # built on the CPU by the tokenizer; indexed on the UNet's device
+            self.token_map, self.token_alpha = self.token_map.to(device), self.token_alpha.to(device)
         lay = self.layout
         for kind, until in self.steps.items():
             dst, src, cand = [], [], []
@@ -183,8 +185,8 @@ class ControlledAttnProcessor:
         if tmap.shape[-1] != probs.shape[-1]:
             raise ValueError(f"{self.name}: token map has {tmap.shape[-1]} positions, the text has {probs.shape[-1]}")
         src = probs[p.src]                                                    # (n, heads, N, L)
-        idx = tmap[p.cand].to(probs.device)[:, None, None, :].expand(-1, src.shape[1], src.shape[2], -1)
-        a = alpha[p.cand].to(probs.device, probs.dtype)[:, None, None, :]
+        idx = tmap[p.cand][:, None, None, :].expand(-1, src.shape[1], src.shape[2], -1)
+        a = alpha[p.cand].to(probs.dtype)[:, None, None, :]
         probs[p.dst] = torch.gather(src, -1, idx) * a + probs[p.dst] * (1 - a)
         return torch.matmul(probs.to(value.dtype), value)
 
