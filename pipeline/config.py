@@ -149,7 +149,8 @@ def _runnable_tasks() -> list[str]:
 class ModelsConfig(_Strict):
     """Vision model checkpoints by role: a hub id or a local folder; ``tiny-random`` builds a
     random-init model from a small config with the real library class (the embedded default)."""
-    text_to_image: str = Field("tiny-random", description="Stable Diffusion checkpoint for base images, P2P and PnP.")
+    text_to_image: str = Field("tiny-random", description="Stable Diffusion checkpoint for base images, P2P and PnP "
+                               "(tiny-random: tests; random-sd15: full-size architecture with random weights, GPU benchmarks).")
     inpaint: str = Field("tiny-random", description="Inpainting checkpoint (background and text tasks).")
     detector: str = Field("tiny-random", description="Grounding DINO checkpoint (groundingdino-py .pth or a transformers hub id).")
     segmenter: str = Field("tiny-random", description="SAM checkpoint (segment-anything .pth or a transformers hub id).")

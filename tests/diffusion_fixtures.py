@@ -13,11 +13,15 @@ CAPTION = "a tabby cat sitting on a red sofa"
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """One intra-op thread: faster on a shared 2-core machine and bit-stable between runs."""
-    n = torch.get_num_threads()
+    """One intra-op thread: faster on a shared 2-core machine and bit-stable between runs. On a GPU
+    (tests/gpu_check.sh) full float32: cuDNN convolutions default to TF32 (10-bit mantissa), whose
+    rounding the guidance amplifies past the 1e-4 of the batched = alone check."""
+    n, tf32 = torch.get_num_threads(), torch.backends.cudnn.allow_tf32
     torch.set_num_threads(1)
+    torch.backends.cudnn.allow_tf32 = False
     yield
     torch.set_num_threads(n)
+    torch.backends.cudnn.allow_tf32 = tf32
 
 
 @pytest.fixture(scope="module")

@@ -36,6 +36,16 @@ def test_zero_terminal_snr_option():
     assert img.std() > 0
 
 
+def test_random_sd15_has_the_real_architecture():
+    """``random-sd15`` (GPU benchmarks) is SD 1.5's shapes; built on the meta device: no memory, no time."""
+    from pipeline.models.sd import random_sd15
+    comps = random_sd15("meta")
+    assert sum(p.numel() for p in comps.unet.parameters()) == pytest.approx(859.52e6, rel=1e-4)
+    assert comps.unet.config.cross_attention_dim == comps.text_encoder.config.hidden_size == 768
+    assert comps.vae_scale == 8 and comps.pixel_multiple == 64
+    assert random_sd15("meta", inpaint=True).unet.config.in_channels == 9
+
+
 def test_background_inpainting_keeps_the_foreground_and_varies_the_candidates(sd_inpaint):
     img = photo()
     bg = 255 - blob_mask()                               # background = complement of the object

@@ -2,8 +2,12 @@
 built from small configs with the real diffusers / transformers classes, as diffusers' fast tests
 do) or a hub id / local folder in the diffusers layout (``models.text_to_image``, ``models.inpaint``).
 
-Nothing here downloads for ``tiny-random``; the tokenizer is the offline WordPiece one of
-``pipeline.models.tiny``. ``SDComponents`` is what every generator in ``pipeline.diffusion`` takes.
+``random-sd15`` is the full-size Stable Diffusion 1.5 architecture (860M-parameter UNet, its VAE,
+a 12-layer 768-wide CLIP text encoder) with random weights: real-size speed and memory checks on a
+GPU where no checkpoint can be fetched. Its images mean nothing; never use it for data.
+
+Nothing here downloads for ``tiny-random`` / ``random-sd15``; the tokenizer is the offline WordPiece
+one of ``pipeline.models.tiny``. ``SDComponents`` is what every generator in ``pipeline.diffusion`` takes.
 """
 from __future__ import annotations
 
@@ -26,6 +30,17 @@ TINY_UNETS: dict[str, dict[str, Any]] = {
                  attention_head_dim=4, transformer_layers_per_block=2),
 }
 TINY_TEXT_DIM = 32
+
+# Stable Diffusion 1.5's shapes (runwayml/stable-diffusion-v1-5 configs), for ``random-sd15``.
+SD15_UNET: dict[str, Any] = dict(
+    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, sample_size=64, cross_attention_dim=768,
+    attention_head_dim=8, down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+SD15_VAE: dict[str, Any] = dict(
+    block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+SD15_TEXT: dict[str, Any] = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                 num_attention_heads=12)
 
 
 @dataclass
@@ -83,6 +98,25 @@ def tiny_text_encoder():
         return CLIPTextModel(cfg), tok
 
 
+def random_sd15(device: str, inpaint: bool = False, seed: int = 0x5D15) -> SDComponents:
+    """Full-size SD 1.5 architecture, random weights, built directly on ``device`` (an 860M-parameter
+    random init on the CPU takes longer than the benchmark it serves)."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tok = tiny_tokenizer()
+    text_cfg = CLIPTextConfig(vocab_size=len(tok), max_position_embeddings=tok.model_max_length,
+                              bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id,
+                              pad_token_id=tok.pad_token_id, **SD15_TEXT)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        unet = UNet2DConditionModel(in_channels=9 if inpaint else 4, out_channels=4, **SD15_UNET)
+        vae, text = AutoencoderKL(in_channels=3, out_channels=3, **SD15_VAE), CLIPTextModel(text_cfg)
+    return SDComponents(unet=unet, vae=vae, text_encoder=text, tokenizer=tok, scheduler=make_scheduler(),
+                        spec=RANDOM_SD15)
+
+
 def make_scheduler(config: dict | None = None, *, zero_terminal_snr: bool = False):
     """DDIM (eta 0, deterministic) — what P2P, PnP and DDIM inversion assume. With zero terminal SNR
     the betas are rescaled and timesteps are "trailing" so the first step starts from pure noise."""
@@ -123,6 +157,10 @@ def load_sd(spec: str = "tiny-random", *, role: str = "text_to_image", inpaint: 
             prediction_type="v_prediction")
         comps = SDComponents(unet=unet, vae=tiny_vae(), text_encoder=text_encoder, tokenizer=tok,
                              scheduler=make_scheduler(sched_cfg, zero_terminal_snr=zero_terminal_snr), spec=TINY_SPEC)
+    elif spec == RANDOM_SD15:
+        if zero_terminal_snr:
+            raise ValueError(f"diffusion.zero_terminal_snr: {RANDOM_SD15!r} predicts epsilon; turn the option off")
+        comps = random_sd15(resolve_device(device), inpaint=inpaint)
     else:
         check_local_path(spec, role)
         from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -155,3 +193,4 @@ def with_unet(comps: SDComponents, unet) -> SDComponents:
 
 
 TINY_SPEC = "tiny-random"
+RANDOM_SD15 = "random-sd15"
