@@ -3,7 +3,8 @@
 #   bash tests/gpu_check.sh [OUTDIR]        (python: $PY, default python3, with torch + diffusers)
 # 1. the diffusion invariants (tests/test_p2p.py, test_pnp.py, test_diffusion.py) on the GPU;
 # 2. bench_diffusion.py on the tests' tiny UNet (the issue's setting) and on the full SD 1.5
-#    architecture (random weights, 512 px, fp16), twice each so the spread is visible.
+#    architecture (random weights, 512 px, fp16), twice each so the spread is visible;
+# 3. the trainer: its fast tests on the GPU, and 40 steps in each mixed-precision mode.
 set -u
 OUT=${1:-gpu_check_out}; PY=${PY:-python3}
 mkdir -p "$OUT"
@@ -19,6 +20,9 @@ for run in 1 2; do
   timeout 300 "$PY" tests/bench_diffusion.py --device cuda --model random-sd15 --dtype float16 --steps 20 \
     --size 512 --repeats 3 --out "$OUT/bench_sd15_$run.json" > /dev/null
 done
+timeout 300 "$PY" -m pytest -q -p no:cacheprovider tests/test_trainer.py -m "not slow" 2>&1 \
+  | tee "$OUT/pytest_trainer.txt" | tail -8
+timeout 300 "$PY" tests/gpu_train_check.py --steps 40 --out "$OUT/train_modes.json" | tail -30
 "$PY" - "$OUT" <<'PY'
 import json, pathlib, sys
 for f in sorted(pathlib.Path(sys.argv[1]).glob("bench_*.json")):

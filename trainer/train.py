@@ -147,6 +147,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, invert_task: str | None = N
         ck = _latest_checkpoint(out)
         if ck is not None:
             acc.load_state(str(ck / "train_state"))
+            if ema is not None:     # accelerate restores registered objects on the CPU (found on a GPU)
+                ema.to(acc.device)
             state = json.loads((ck / "train_state" / "progress.json").read_text())
             step, position = state["step"], state["positions"][str(rank)]
             log.info("resumed from %s at step %d", ck, step)
