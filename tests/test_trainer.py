@@ -342,3 +342,24 @@ def test_cli_train_filters_tasks_and_reports_bad_ones(shards, tmp_path, capsys):
     assert rc == 2 and "data.tasks" in capsys.readouterr().err
     rc = main(["train", "--shards", str(shards), "--set", "optim.batch_size=0"])
     assert rc == 2 and "optim.batch_size" in capsys.readouterr().err
+
+
+def test_rows_of_a_task_without_embedding_are_counted_not_lost(tmp_path, caplog):
+    """With data.tasks null ("all"), rows whose task the model has no embedding for cannot be used:
+    the summary counts them by task and a warning names them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from trainer.data import shard_files
+    from trainer.train import train
+
+    job = make_shards(tmp_path / "job", n_color=8, n_sketch=8)
+    f = shard_files([str(job)])[0]
+    t = pq.read_table(f)
+    tasks = t.column("task").to_pylist()
+    tasks[:3] = ["juggling"] * 3
+    pq.write_table(t.set_column(t.schema.get_field_index("task"), "task", pa.array(tasks, t.schema.field("task").type)), f)
+    with caplog.at_level("WARNING", logger="pairforge.train"):
+        s = train(_cfg(job, tmp_path / "run", **{"optim.max_steps": 2, "checkpoint_every": 0}), progress=False)
+    assert s["rows_without_task_embedding"] == {"juggling": 3} and s["steps"] == 2
+    assert "juggling" in caplog.text and "--invert-task" in caplog.text

@@ -125,6 +125,13 @@ class PairStream:
     def count(self) -> int:
         return sum(1 for _ in self.rows())
 
+    def task_counts(self) -> Counter:
+        """Rows per task over all shard files and both splits (reads the task column only)."""
+        c: Counter = Counter()
+        for f in self.files:
+            c.update(pq.read_table(f, columns=["task"]).column("task").to_pylist())
+        return c
+
     def shuffled(self, epoch: int) -> Iterator[dict]:
         rng = random.Random(self.seed * 1_000_003 + epoch)
         files = list(self.files)

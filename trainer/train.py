@@ -128,8 +128,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, invert_task: str | None = N
     if unknown and not invert_task:
         raise ValueError(f"data.tasks: {sorted(unknown)} have no embedding in this model (known: "
                          f"{', '.join(em.net.tasks.names)}); learn one with --invert-task")
+    orphans: dict[str, int] = {}
     if not invert_task:
         stream.tasks = [t for t in (cfg.data.tasks or sorted(known)) if t in known]
+        if cfg.data.tasks is None:      # "all tasks" cannot include one the model has no embedding for: say so
+            orphans = {t: n for t, n in sorted(stream.task_counts().items()) if t not in known}
+            if orphans:
+                log.warning("data: %d rows of tasks without an embedding in this model are left out: %s "
+                            "(learn one with --invert-task)", sum(orphans.values()), orphans)
 
     # 2. optimizer, schedule, EMA
     opt = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
@@ -162,7 +168,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, invert_task: str | None = N
                               cfg.data.max_examples, cfg.data.shuffle_buffer, cfg.seed)
     probe_batches = batches(probe_stream.samples(cfg.model.resolution), cfg.optim.batch_size)
     probe = [(b, _ids(em, b, invert_task)) for b in (next(probe_batches) for _ in range(FIXED_BATCHES))]
-    summary = {"start_step": step, "probe_loss_before": probe_loss(em, net, probe, cfg.seed)}
+    summary = {"start_step": step, "probe_loss_before": probe_loss(em, net, probe, cfg.seed),
+               "rows_without_task_embedding": orphans}
 
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
