@@ -149,6 +149,41 @@ def test_stages_make_candidates_for_every_diffusion_task():
     assert out[8]["status"] == "pending" and out[8]["candidates"] is None                 # not a diffusion task
 
 
+def test_stage_rows_do_not_depend_on_their_batch_or_the_stage_instance():
+    """What a resumed job relies on: a row gets the same candidates (bytes and parameters) whether
+    it runs in a batch with other rows or alone, in another order, in a freshly built stage."""
+    import cv2
+
+    from pipeline.schema import flow_table
+    from pipeline.sources import encode_png
+    from pipeline.stages.diffusion import DiffusionBaseStage, DiffusionEditStage
+
+    ans = {"instruction": "x", "output_caption": "a small dog sitting on a red sofa",
+           "original_object": "cat", "edited_object": "dog"}
+    m = cv2.resize(blob_mask(), (32, 32), interpolation=cv2.INTER_NEAREST)
+    rows = [_row("local", ans, seed=3), _row("style", ans, image=photo(48), seed=4),
+            _row("background", ans, image=photo(48), seed=5)]
+    masks = {"local": [{"variant": v, "png": encode_png(m)} for v in ("precise", "dilated_blurred", "bbox")],
+             "background": [{"variant": "background", "png": encode_png(255 - m)}]}
+
+    def run(batch):
+        cfg = _cfg(candidates=3)
+        out = DiffusionBaseStage(cfg)(flow_table(batch)).to_pylist()
+        for r in out:
+            r["masks"] = masks.get(r["task"])
+        out = DiffusionEditStage(cfg)(flow_table(out)).to_pylist()
+        return {r["id"]: (r["input_png"], r["params"], [(c["input_png"], c["output_png"], c["params"])
+                                                        for c in r["candidates"]]) for r in out}
+
+    together = run(rows)
+    alone = {}
+    for r in reversed(rows):
+        alone |= run([r])
+    assert set(together) == {r["id"] for r in rows}
+    assert all(len(v[2]) == 3 for v in together.values())
+    assert together == alone
+
+
 def test_tasks_are_runnable():
     from tasks import implemented
     assert {"local", "texture", "add", "remove", "global", "background", "style"} <= set(implemented())
