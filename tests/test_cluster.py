@@ -4,6 +4,7 @@ stage is pinned to the second node through a custom resource, so work really cro
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import shutil
 import tempfile
@@ -28,6 +29,36 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _stop_this_cluster(tmp: Path, port: int, timeout: float = 20) -> int:
+    """Stop the processes of this cluster only — those whose command line names its temp dir or its
+    GCS port, and their children (workers, agents, the submitted driver). `ray stop --force` would
+    kill every Ray on the machine, a developer's own demo job included."""
+    import psutil
+
+    pat = re.compile(rf"{re.escape(str(tmp))}|:{port}\b")
+    me = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+    family: dict[int, psutil.Process] = {}
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if p.pid in me or not any(pat.search(a) for a in (p.info["cmdline"] or [])):
+                continue
+            family |= {q.pid: q for q in (p, *p.children(recursive=True)) if q.pid not in me}
+        except psutil.Error:
+            continue
+    for q in family.values():
+        try:
+            q.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(list(family.values()), timeout=timeout)
+    for q in alive:
+        try:
+            q.kill()
+        except psutil.Error:
+            pass
+    return len(family)
+
+
 @pytest.fixture
 def two_node_cluster(tmp_path):
     port, dash = _free_port(), _free_port()
@@ -41,11 +72,17 @@ def two_node_cluster(tmp_path):
     def ray(*args, check=True):
         return subprocess.run([RAY, *args], env=env, capture_output=True, text=True, timeout=300, check=check)
 
+    def own_ports():
+        # Ray's fixed defaults (agent 52365, client server 10001) collide with any other Ray on the
+        # machine, e.g. a developer's demo job: the head's job agent then never comes up.
+        return [f"--dashboard-agent-listen-port={_free_port()}", f"--ray-client-server-port={_free_port()}"]
+
     ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2", f"--dashboard-port={dash}",
-        "--dashboard-host=127.0.0.1", "--include-dashboard=true", f"--temp-dir={tmp}",
+        "--dashboard-host=127.0.0.1", "--include-dashboard=true", f"--temp-dir={tmp}", *own_ports(),
         "--resources", json.dumps({"head_node": 1}))
     try:
-        ray("start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1", "--num-cpus=2", "--resources", json.dumps({"worker_node": 1}))
+        ray("start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1", "--num-cpus=2", *own_ports(),
+            "--resources", json.dumps({"worker_node": 1}))
         nodes = subprocess.run([sys.executable, "-c", "import ray, json; ray.init(address='auto', logging_level='ERROR'); "
                                 "print(json.dumps([n['Resources'] for n in ray.nodes() if n['Alive']]))"],
                                env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}, capture_output=True, text=True, timeout=120)
@@ -53,7 +90,7 @@ def two_node_cluster(tmp_path):
         assert len(alive) == 2 and sum("worker_node" in r for r in alive) == 1, nodes.stdout + nodes.stderr
         yield f"http://127.0.0.1:{dash}", env
     finally:
-        ray("stop", "--force", check=False)
+        _stop_this_cluster(tmp, port)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
