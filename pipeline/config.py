@@ -167,6 +167,11 @@ class JobConfig(_Strict):
     tasks: dict[str, float] = Field(default_factory=lambda: {t: 1.0 for t in _runnable_tasks()},
                                     description="Task mix: task name → weight (normalised); default: every runnable "
                                     "task with equal weight. A source task column overrides it.")
+    task_assignment: Literal["independent", "balanced"] = Field(
+        "independent", description="How samples get their task. independent: each (source, repeat) draws from "
+        "its own hash, so a sample keeps its task (and id) when the source grows; the counts only approach the "
+        "mix on large jobs. balanced: the job's samples get the mix exactly (largest remainder, at most 1 off "
+        "per task) in a seeded order; adding sources reassigns tasks.")
     source: SourceConfig = Field(default_factory=SourceConfig, description="Where captions and images come from.")
     llm: LLMConfig = Field(default_factory=LLMConfig, description="Instruction agent backend.")
     stages: StagesConfig = Field(default_factory=StagesConfig, description="Actor pools per stage.")
