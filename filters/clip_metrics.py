@@ -17,9 +17,9 @@ class ClipMetricsFilter(Filter):
     name: ClassVar[str] = "clip_metrics"
 
     def __init__(self, cfg, clip: str = "tiny-random", dino: str | None = "tiny-random",
-                 models: MetricModels | None = None):
+                 models: MetricModels | None = None, device: str = "cpu"):
         self.cfg = cfg
-        self.models = models or MetricModels(clip=clip, dino=dino)
+        self.models = models or MetricModels(clip=clip, dino=dino, device=device)
 
     def prepare(self, candidates: list[Candidate]) -> None:
         todo = [c for c in candidates if "clip_dir" not in c.scores]

@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pipeline.models.device import DEVICE_HELP, Device
+
 # Which way is good for each metric a rule can name.
 HIGHER_IS_BETTER = {"clip_dir": True, "clip_img": True, "clip_out": True, "dino": True,
                     "depth_l1": False, "l1": True}
@@ -79,6 +81,7 @@ class TaskPredictorConfig(_Strict):
 
 class FilterConfig(_Strict):
     enabled: bool = Field(True, description="Apply the filters; off keeps every generated pair (scores still computed).")
+    device: Device = Field("auto", description="CLIP, DINO, depth and OCR models of the filter stage. " + DEVICE_HELP)
     min_change_l1: float = Field(0.008, ge=0, le=1, description="color: mean |x−y|/255 below this is 'no_visible_change'.")
     max_clipped_frac: float = Field(0.35, ge=0, le=1, description="color: output fraction of clipped pixels above this is rejected.")
     rules: dict[str, dict[str, MetricRule | None]] = Field(

@@ -24,11 +24,11 @@ def depth_l1(d_in: np.ndarray, d_out: np.ndarray) -> float:
 class DepthL1Filter(Filter):
     name: ClassVar[str] = "depth_structure"
 
-    def __init__(self, cfg, depth: str = "tiny-random", predict: DepthFn | None = None):
+    def __init__(self, cfg, depth: str = "tiny-random", predict: DepthFn | None = None, device: str = "cpu"):
         self.cfg = cfg
         if predict is None:
             from pipeline.models.depth import DepthEstimator
-            predict = DepthEstimator(depth).predict
+            predict = DepthEstimator(depth, device).predict
         self.predict = predict
 
     def applies_to(self, task: str) -> bool:

@@ -21,12 +21,12 @@ class OcrChecks(Filter):
     name: ClassVar[str] = "ocr"
     tasks: ClassVar[tuple[str, ...]] = ("text",)
 
-    def __init__(self, text_cfg, ocr=None):
+    def __init__(self, text_cfg, ocr=None, gpu: bool = False):
         """``ocr``: an ``OcrReader`` to share (tests); None loads one from ``text_cfg``."""
         from pipeline.text.ocr import OcrReader
 
         self.cfg = text_cfg
-        self.ocr = ocr or OcrReader(text_cfg.ocr_model_dir, text_cfg.ocr_languages, text_cfg.min_confidence)
+        self.ocr = ocr or OcrReader(text_cfg.ocr_model_dir, text_cfg.ocr_languages, text_cfg.min_confidence, gpu=gpu)
 
     def __call__(self, c: Candidate) -> Verdict:
         from pipeline.text.checks import check_pair

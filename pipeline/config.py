@@ -124,7 +124,8 @@ class StagesConfig(_Strict):
     text: StageResources = Field(default_factory=lambda: StageResources(actors=1, num_cpus=0.5, batch_size=8),
                                  description="Text stage (EasyOCR + inpainting; give it num_gpus on a cluster).")
     translate: StageResources = Field(default_factory=lambda: StageResources(actors=1, num_cpus=0.5, batch_size=8),
-                                      description="Translation stage (depth, pose and segmentation annotators; Canny, normals).")
+                                      description="Translation stage (depth, pose and segmentation annotators; Canny, normals; "
+                                      "give it num_gpus on a cluster).")
 
 
 class OutputConfig(_Strict):

@@ -64,3 +64,30 @@ def test_overrides_and_config_hash_ignore_output_location(tmp_path):
     c = load_job(p, {"seed": 4})
     assert a.config_hash() == b.config_hash() != c.config_hash()
     assert isinstance(a, JobConfig)
+
+
+@pytest.mark.parametrize("block", ["diffusion", "grounding", "filters", "text", "translation"])
+def test_every_model_stage_has_a_checked_device(tmp_path, block):
+    """Each stage that runs models says where (auto = the GPU its actor was granted); a typo is a
+    config error naming the field, not a crash in an actor's setup."""
+    assert getattr(JobConfig(), block).device == "auto"
+    assert getattr(JobConfig.model_validate({block: {"device": "cuda:1"}}), block).device == "cuda:1"
+    msg = str(pytest.raises(ConfigError, load_job, _write(tmp_path, f"{block}:\n  device: gpu0\n")).value)
+    assert f"{block}.device" in msg and "'gpu0' is not a device" in msg
+
+
+def test_auto_device_runs_the_filter_and_translation_models_here():
+    """On a machine without a GPU, auto puts every filter and annotator model on the CPU."""
+    from filters import build_filters
+    from pipeline.translate.annotators import Annotators
+
+    cfg = JobConfig.model_validate({"tasks": {"texture": 1, "depth": 1, "pose": 1, "segmentation": 1}})
+    models = []
+    for f in build_filters(cfg):
+        for m in (getattr(getattr(f, "models", None), "clip", None), getattr(getattr(f, "predict", None), "__self__", None)):
+            if m is not None:
+                models.append(m.model)
+    ann = Annotators(cfg, {"depth", "pose", "segmentation"})
+    models += [ann._by_task["pose"].model, ann._by_task["segmentation"].model, ann._depth.estimator.model]
+    assert len(models) == 5                  # CLIP, the filter's depth model, pose, segmentation, depth map
+    assert {str(next(m.parameters()).device) for m in models} == {"cpu"} and ann.device == "cpu"

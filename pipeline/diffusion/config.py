@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pipeline.models.device import DEVICE_HELP, Device
+
 
 class _Strict(BaseModel):
     # as pipeline.config._Strict; defined here because pipeline.config imports this module
@@ -84,4 +86,4 @@ class DiffusionConfig(_Strict):
     p2p_self_max_tokens: int = Field(16 * 16, ge=1, description="P2P shares self-attention only in layers with at most "
                                      "this many tokens (P2P uses 16×16 on SD at 512 px: the finest maps carry texture, not layout).")
     dtype: str = Field("float32", pattern="^(float32|float16|bfloat16)$", description="Weights and compute dtype (float16 on GPUs).")
-    device: str = Field("auto", description="Torch device: auto picks cuda when available, else cpu.")
+    device: Device = Field("auto", description="Stable Diffusion models of the diffusion stages. " + DEVICE_HELP)

@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.models.device import Device
+
 
 class _Strict(BaseModel):
     # the same base as pipeline.config._Strict; pipeline.config imports this module, so this module
@@ -45,7 +47,7 @@ class GroundingConfig(_Strict):
     segmenter_type: str | None = Field(None, description="segment-anything only: the architecture of the .pth "
                                        "(vit_h, vit_l, vit_b, or tiny). None: taken from the file name "
                                        "(sam_vit_h_4b8939.pth → vit_h).")
-    device: str = Field("auto", description="Torch device for both models: auto (cuda when available), cpu, cuda, cuda:N.")
+    device: Device = Field("auto", description="Torch device for both models: auto (cuda when available), cpu, cuda, cuda:N.")
     dilate_frac: float = Field(0.02, ge=0, le=0.5, description="dilated_blurred mask: dilation radius as a fraction "
                                "of the image's shorter side.")
     blur_frac: float = Field(0.01, ge=0, le=0.5, description="dilated_blurred mask: Gaussian sigma as a fraction of "

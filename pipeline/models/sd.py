@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from pipeline.models.device import resolve_device
 from pipeline.models.tiny import check_local_path, is_tiny, seeded, tiny_tokenizer
 
 # Two UNet shapes for tests (the attention control must install on any configuration).
@@ -135,11 +136,6 @@ def _torch_dtype(name: str):
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
-def resolve_device(name: str = "auto") -> str:
-    import torch
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 def load_sd(spec: str = "tiny-random", *, role: str = "text_to_image", inpaint: bool = False,

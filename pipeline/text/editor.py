@@ -22,6 +22,7 @@ import numpy as np
 from pipeline.text.config import TextConfig
 from pipeline.text.fonts import choose_font
 from pipeline.text.inpaint import inpaint_opencv
+from pipeline.models.device import resolve_device
 from pipeline.text.masks import boxes_mask, stroke_mask
 from pipeline.text.ocr import OcrBox
 from pipeline.text.ocr import OcrReader, find_text, norm_text
@@ -34,7 +35,8 @@ MIN_FONT_PX = 8          # smaller text is not something OCR (or a person) reads
 class TextEditor:
     def __init__(self, cfg: TextConfig, ocr: OcrReader | None = None, inpaint_model: str = "tiny-random"):
         self.cfg = cfg
-        self.ocr = ocr or OcrReader(cfg.ocr_model_dir, cfg.ocr_languages, cfg.min_confidence)
+        self.ocr = ocr or OcrReader(cfg.ocr_model_dir, cfg.ocr_languages, cfg.min_confidence,
+                                    gpu=resolve_device(cfg.device).startswith("cuda"))
         self.diffusion = None
         if cfg.inpaint_backend == "diffusion":
             from pipeline.text.inpaint import DiffusionTextInpainter

@@ -17,7 +17,9 @@ class Annotators:
     def __init__(self, cfg, tasks: set[str] | None = None):
         """``cfg``: the JobConfig (translation block, model specs, grounding for the person detector);
         ``tasks``: which maps to build now (None: all five)."""
-        self.cfg = cfg
+        from pipeline.models.device import resolve_device
+
+        self.cfg, self.device = cfg, resolve_device(cfg.translation.device)
         self._by_task: dict[str, Callable[[np.ndarray, np.random.Generator], MapResult]] = {}
         self._depth = None
         for task in (TASK_MAPS if tasks is None else sorted(set(tasks) & set(TASK_MAPS))):
@@ -27,7 +29,7 @@ class Annotators:
         if self._depth is None:
             from pipeline.translate.depth import DepthAnnotator
             t = self.cfg.translation
-            self._depth = DepthAnnotator(self.cfg.models.depth, t.depth, t.min_map_std)
+            self._depth = DepthAnnotator(self.cfg.models.depth, t.depth, t.min_map_std, self.device)
         return self._depth
 
     def _build(self, task: str) -> None:
@@ -46,10 +48,10 @@ class Annotators:
             if t.pose.person_boxes == "detector":
                 from pipeline.grounding.detector import build_detector
                 detector = build_detector(m.detector, self.cfg.grounding)
-            ann = PoseAnnotator(m.pose, t.pose, detector)
+            ann = PoseAnnotator(m.pose, t.pose, detector, self.device)
         elif task == "segmentation":
             from pipeline.translate.segmentation import SegmentationAnnotator
-            ann = SegmentationAnnotator(m.segmentation, t.segmentation)
+            ann = SegmentationAnnotator(m.segmentation, t.segmentation, self.device)
         else:
             raise KeyError(f"no annotator for task {task!r} (translation tasks: {', '.join(TASK_MAPS)})")
         self._by_task[task] = ann

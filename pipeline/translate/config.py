@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pipeline.models.device import DEVICE_HELP, Device
+
 
 class _Strict(BaseModel):
     # the same base as pipeline.config._Strict (pipeline.config imports this module)
@@ -90,5 +92,7 @@ class TranslationConfig(_Strict):
     pose: PoseConfig = Field(default_factory=PoseConfig, description="Pose skeletons (models.pose).")
     segmentation: SegmentationMapConfig = Field(default_factory=SegmentationMapConfig,
                                                 description="Semantic segmentation maps (models.segmentation).")
+    device: Device = Field("auto", description="Depth, pose and segmentation models of the translation stage. "
+                        + DEVICE_HELP)
     min_map_std: float = Field(2.0, ge=0, description="A map whose pixel standard deviation (0..255 levels) is "
                                "below this is blank: reject 'empty_map'.")

@@ -21,8 +21,8 @@ def depth_to_rgb(depth01: np.ndarray, colormap: str = "gray") -> np.ndarray:
 
 
 class DepthAnnotator:
-    def __init__(self, spec: str, cfg: DepthMapConfig, min_std: float):
-        self.estimator = DepthEstimator(spec)
+    def __init__(self, spec: str, cfg: DepthMapConfig, min_std: float, device: str = "cpu"):
+        self.estimator = DepthEstimator(spec, device)
         self.cfg, self.min_std = cfg, min_std
 
     def relative_depth(self, image: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ import colorsys
 import cv2
 import numpy as np
 
+from pipeline.models.device import to_cpu
 from pipeline.models.tiny import check_local_path, is_tiny, seeded
 from pipeline.translate.config import PoseConfig
 from pipeline.translate.maps import MapResult
@@ -59,7 +60,7 @@ def draw_skeleton(shape: tuple[int, ...], people: list[np.ndarray], visible: lis
 
 
 class PoseAnnotator:
-    def __init__(self, spec: str, cfg: PoseConfig, detector=None):
+    def __init__(self, spec: str, cfg: PoseConfig, detector=None, device: str = "cpu"):
         import torch
         from transformers import VitPoseForPoseEstimation, VitPoseImageProcessor
 
@@ -76,7 +77,8 @@ class PoseAnnotator:
         self.experts = getattr(self.model.config.backbone_config, "num_experts", 1)
         if detector is None and cfg.person_boxes == "detector":
             raise ValueError("translation.pose.person_boxes: 'detector' needs a detector (models.detector)")
-        self.cfg, self.detector, self._torch = cfg, detector, torch
+        self.model.to(device)
+        self.cfg, self.detector, self._torch, self.device = cfg, detector, torch, device
 
     def person_boxes(self, image: np.ndarray) -> list[list[float]]:
         """COCO boxes (x, y, w, h) of the people to pose."""
@@ -94,9 +96,9 @@ class PoseAnnotator:
         inputs = self.processor(images=[image], boxes=[boxes], return_tensors="pt")
         kw = {}
         if self.experts > 1:
-            kw["dataset_index"] = torch.zeros(len(boxes), dtype=torch.long)
+            kw["dataset_index"] = torch.zeros(len(boxes), dtype=torch.long, device=self.device)
         with torch.inference_mode():
-            out = self.model(pixel_values=inputs["pixel_values"], **kw)
+            out = to_cpu(self.model(pixel_values=inputs["pixel_values"].to(self.device), **kw))
         res = self.processor.post_process_pose_estimation(out, boxes=[boxes])[0]
         return [(r["keypoints"].float().numpy(), r["scores"].float().numpy()) for r in res]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.models.device import to_cpu
 from pipeline.models.tiny import check_local_path, is_tiny, seeded
 from pipeline.translate.config import SegmentationMapConfig
 from pipeline.translate.maps import MapResult
@@ -50,7 +51,7 @@ def tiny_segformer():
 
 
 class SegmentationAnnotator:
-    def __init__(self, spec: str, cfg: SegmentationMapConfig):
+    def __init__(self, spec: str, cfg: SegmentationMapConfig, device: str = "cpu"):
         import torch
 
         if is_tiny(spec):
@@ -64,14 +65,15 @@ class SegmentationAnnotator:
             self.model = AutoModelForSemanticSegmentation.from_pretrained(spec).eval()
             self.processor = AutoImageProcessor.from_pretrained(spec)
             self.model_id = spec
-        self.cfg, self._torch = cfg, torch
+        self.model.to(device)
+        self.cfg, self._torch, self.device = cfg, torch, device
 
     def labels(self, image: np.ndarray) -> np.ndarray:
         """HxW class ids at the photo's size."""
         torch = self._torch
         inputs = self.processor(images=[image], return_tensors="pt")
         with torch.inference_mode():
-            out = self.model(pixel_values=inputs["pixel_values"])
+            out = to_cpu(self.model(pixel_values=inputs["pixel_values"].to(self.device)))
         return self.processor.post_process_semantic_segmentation(out, target_sizes=[image.shape[:2]])[0].numpy()
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> MapResult:
