@@ -292,10 +292,11 @@ def reference_outputs(em: EditModel, batch: dict, seed: int = 0) -> torch.Tensor
     g = step_generator(seed, -2, 0, 0)
     with torch.no_grad():
         lat = em.encode_images(batch["output"])
-        noise = torch.randn(lat.shape, generator=g)
-        t = torch.full((lat.shape[0],), em.scheduler.config.num_train_timesteps // 2, dtype=torch.long)
+        noise = torch.randn(lat.shape, generator=g).to(lat.device)      # drawn on the CPU: same on any device
+        t = torch.full((lat.shape[0],), em.scheduler.config.num_train_timesteps // 2, dtype=torch.long,
+                       device=lat.device)
         return em.net(em.scheduler.add_noise(lat, noise, t), em.encode_images(batch["input"]), t,
-                      em.encode_text(batch["instruction"]), task_ids=_task_ids(em, batch["task"]))
+                      em.encode_text(batch["instruction"]), task_ids=_task_ids(em, batch["task"]).to(lat.device))
 
 
 __all__ = ["train", "train_ray", "diffusion_loss", "probe_loss", "load_edit_model", "reference_outputs",
