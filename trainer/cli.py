@@ -137,12 +137,23 @@ def cmd_eval(a) -> int:
     return 0
 
 
+def _device(v: str) -> str:
+    import argparse
+
+    from pipeline.models.device import check_device, resolve_device
+    try:
+        return resolve_device(check_device(v))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _guidance_args(p) -> None:
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50, the paper's)")
     p.add_argument("--image-guidance", type=float, default=1.5, help="image guidance scale γ_I (default 1.5, the paper's)")
     p.add_argument("--text-guidance", type=float, default=5.0, help="text guidance scale γ_T (default 5.0, the paper's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the starting noise")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", default="auto", type=_device,
+                   help="auto (cuda when there is a GPU, else cpu), cpu, cuda or cuda:N")
 
 
 def add_subcommands(sub) -> None:

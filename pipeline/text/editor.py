@@ -42,7 +42,8 @@ class TextEditor:
             from pipeline.text.inpaint import DiffusionTextInpainter
             self.diffusion = DiffusionTextInpainter(inpaint_model, steps=cfg.diffusion_steps,
                                                     guidance=cfg.diffusion_guidance,
-                                                    resolution=cfg.diffusion_resolution, prompt=cfg.diffusion_prompt)
+                                                    resolution=cfg.diffusion_resolution, prompt=cfg.diffusion_prompt,
+                                                    device=cfg.device)
         if not cfg.fonts:
             raise ValueError("text.fonts: no font files configured or found on this machine "
                              "(install fonts-dejavu-core, or list font files)")

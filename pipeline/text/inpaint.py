@@ -42,10 +42,11 @@ def _crop_square(mask: np.ndarray, pad_frac: float = 0.5) -> tuple[int, int, int
 class DiffusionTextInpainter:
     """Loads ``models.inpaint`` once; ``__call__`` repaints one mask."""
 
-    def __init__(self, spec: str, *, steps: int, guidance: float, resolution: int, prompt: str):
+    def __init__(self, spec: str, *, steps: int, guidance: float, resolution: int, prompt: str,
+                 device: str = "auto"):
         from pipeline.models.sd import load_sd
 
-        self.comps = load_sd(spec, role="inpaint", inpaint=True)
+        self.comps = load_sd(spec, role="inpaint", inpaint=True, device=device)
         self.spec, self.steps, self.guidance, self.prompt = spec, steps, guidance, prompt
         mult = self.comps.pixel_multiple
         self.resolution = max(mult, resolution // mult * mult)
