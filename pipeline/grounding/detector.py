@@ -93,9 +93,9 @@ def grounding_cfg(cfg: Any):
 
 def pick_device(name: str):
     import torch
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+
+    from pipeline.models.device import resolve_device
+    return torch.device(resolve_device(name))
 
 
 def letterbox(images: list[np.ndarray], size: int):
