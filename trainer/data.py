@@ -62,12 +62,14 @@ def to_tensor(img: np.ndarray, resolution: int) -> torch.Tensor:
     """HxWx3 uint8 → 3xRxR float in [-1, 1], centre-cropped to a square then resized."""
     import cv2
 
+    from pipeline.diffusion.sampler import pixels_to_unit
+
     h, w = img.shape[:2]
     s = min(h, w)
     y, x = (h - s) // 2, (w - s) // 2
     img = cv2.resize(img[y:y + s, x:x + s], (resolution, resolution),
                      interpolation=cv2.INTER_AREA if s > resolution else cv2.INTER_CUBIC)
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / 127.5 - 1.0
+    return pixels_to_unit(img)
 
 
 def decode_row_images(row: dict) -> tuple[np.ndarray, np.ndarray]:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.diffusion.sampler import pixels_to_unit, to_uint8
 from tasks import SampleReject
 from trainer.model import EditModel, load_edit_model
 
@@ -97,8 +98,7 @@ class Editor:
         h, w = image.shape[:2]
         wh, ww = _working_size(h, w, self.resolution, m.pixel_multiple)
         x = cv2.resize(image, (ww, wh), interpolation=cv2.INTER_AREA)
-        x = torch.from_numpy(x).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-        img_lat = m.encode_images(x)
+        img_lat = m.encode_images(pixels_to_unit(x)[None])
         image_branches = torch.cat([img_lat, img_lat, torch.zeros_like(img_lat)])
         text_branches = m.encode_text([instruction, "", ""])           # (image,text) (image,∅) (∅,∅)
         # 3. DDIM from noise with two-condition guidance
@@ -112,7 +112,7 @@ class Editor:
             pred = uncond + image_guidance * (img_only - uncond) + text_guidance * (full - img_only)
             lat = sched.step(pred, t, lat).prev_sample
         # 4. decode at the input's size
-        y = ((m.decode(lat)[0].permute(1, 2, 0).float().cpu().numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+        y = to_uint8(m.decode(lat))[0]
         return cv2.resize(y, (w, h), interpolation=cv2.INTER_CUBIC), task
 
     def edit_turns(self, image: np.ndarray, instructions: list[str], tasks: list[str | None] | None = None, *,

@@ -34,10 +34,14 @@ def initial_noise(comps: SDComponents, seed: int, height: int, width: int) -> to
     return (z * comps.scheduler.init_noise_sigma).to(comps.device, comps.dtype)
 
 
+def pixels_to_unit(image: np.ndarray) -> torch.Tensor:
+    """HxWx3 uint8 → (3, H, W) float32 in [-1, 1], on the CPU (the VAE's input range; the trainer uses it too)."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 127.5 - 1.0
+
+
 def to_tensor(image: np.ndarray, comps: SDComponents) -> torch.Tensor:
-    """HxWx3 uint8 → (1, 3, H, W) in [-1, 1]."""
-    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-    return t.to(comps.device, comps.dtype)
+    """HxWx3 uint8 → (1, 3, H, W) in [-1, 1] on the components' device."""
+    return pixels_to_unit(image)[None].to(comps.device, comps.dtype)
 
 
 def to_uint8(x: torch.Tensor) -> list[np.ndarray]:
