@@ -40,14 +40,12 @@ def build_plan(cfg: JobConfig) -> list[dict]:
     p = w / w.sum()
     impl, agents = set(implemented()), set(with_agents())
     slots = [(src, a) for src in iter_source(cfg.source, tasks=set(cfg.tasks)) for a in range(cfg.source.repeats)]
-    if cfg.task_assignment == "balanced":   # only the slots whose source names no task take part
+    dealt = None                            # balanced: only the slots whose source names no task take part
+    if cfg.task_assignment == "balanced":
         dealt = iter(balanced_tasks(names, p, sum(not src.task for src, _ in slots), cfg.seed))
-        draw = lambda src, attempt: next(dealt)                                        # noqa: E731
-    else:
-        draw = lambda src, attempt: _draw_task(names, p, cfg.seed, src.source_id, attempt)  # noqa: E731
     rows: list[dict] = []
     for src, attempt in slots:
-        task = src.task or draw(src, attempt)
+        task = src.task or (next(dealt) if dealt else _draw_task(names, p, cfg.seed, src.source_id, attempt))
         sid = sample_id(cfg.seed, src.source_id, task, attempt)
         row = new_flow_row(sample_index=len(rows), id=sid, source_id=src.source_id, attempt=attempt,
                            task=task, seed=sample_seed(sid), caption=src.caption,
