@@ -67,17 +67,48 @@ def test_verify_and_stats(tmp_path):
 
 
 def test_killed_run_leftovers_are_cleaned(tmp_path):
+    # what a run killed between compaction and commit leaves: shard 2's final file without its
+    # record, a half-written temp file, and writers' part files
     out = tmp_path / "o"
     _write(out, _rows(), 3)
+    (out / "_commits" / "shard-00002.json").unlink()
+    (out / "data" / ".tmp-part-00003.parquet-1a2b").write_bytes(b"half")
+    (out / ".tmp" / "shard-00003").mkdir(parents=True)
+    (out / ".tmp" / "shard-00003" / "abc.parquet").write_bytes(b"part")
     m = Manifest(out)
-    del m.data["shards"]["2"]
-    m.data["complete"] = False
-    (out / "manifest.json").write_text(json.dumps(m.data))
-    (out / "data" / ".tmp-part-00003.parquet").write_bytes(b"half")
+    assert not m.complete
+    removed = set(m.clean_uncommitted())
+    assert removed == {"data/part-00002.parquet", "data/.tmp-part-00003.parquet-1a2b", ".tmp/shard-00003/abc.parquet"}
+    assert m.committed() == {0, 1} and not (out / ".tmp").exists()
+
+
+def test_cut_off_commit_record_is_not_a_commit(tmp_path):
+    # a record cut off mid-write (a power cut on a filesystem that lost the rename's order): the
+    # shard counts as not made, its record is removed, and the next run makes it again
+    out = tmp_path / "o"
+    _write(out, _rows(), 3)
+    rec = out / "_commits" / "shard-00001.json"
+    rec.write_text(rec.read_text()[:20])
     m = Manifest(out)
-    removed = {p.name for p in m.clean_uncommitted()}
-    assert removed == {"part-00002.parquet", ".tmp-part-00003.parquet"}
-    assert m.committed() == {0, 1}
+    assert [k for k, _ in m.iter_entries()] == [0, 2]
+    assert not rec.exists()
+
+
+def test_format_1_output_is_read_and_converted_on_resume(tmp_path):
+    out = tmp_path / "o"
+    m = _write(out, _rows(), 3)
+    entries = m.shards
+    legacy = {**m.data, "format_version": 1, "complete": True, "shards": entries}
+    legacy.pop("totals")
+    import shutil
+    shutil.rmtree(out / "_commits")
+    (out / "manifest.json").write_text(json.dumps(legacy))
+    assert verify(out) == [] and Manifest(out).committed() == {0, 1, 2}
+    m = Manifest(out)
+    m.init(config_hash="h", job_name="t", n_samples=10, n_shards=3, rows_per_shard=4)
+    assert sorted(p.name for p in (out / "_commits").iterdir()) == [f"shard-0000{k}.json" for k in range(3)]
+    assert "shards" not in json.loads((out / "manifest.json").read_text())
+    assert Manifest(out).shards == entries
 
 
 def test_verify_flags_id_tampering(tmp_path):
