@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import io
 import json
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+
+from pipeline.storage import is_uri, open_source
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
@@ -29,74 +32,29 @@ class SourceRow:
     error: str | None = None          # reason code when the row itself is unusable
 
 
-def _jsonl(path: Path, caption_col: str, task_col: str, base: Path) -> Iterator[SourceRow]:
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for i, line in enumerate(f):
-            sid = f"{path.name}:{i}"
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                if not isinstance(obj, dict):
-                    raise ValueError("row is not an object")
-            except ValueError as e:
-                yield SourceRow(sid, None, error=f"bad_source_row: {e}")
-                continue
-            ref = None
-            if obj.get("image"):
-                p = Path(obj["image"])
-                ref = {"kind": "file", "path": str(p if p.is_absolute() else base / p)}
-            cap = obj.get(caption_col)
-            yield SourceRow(sid, cap if isinstance(cap, str) else None, ref, obj.get(task_col))
+def jsonl_row(text: str, sid: str, caption_col: str, task_col: str, base: str) -> SourceRow:
+    """One .jsonl line → a SourceRow; a line that is not a JSON object is a row with an error.
+    ``base``: folder (path or URI) that relative image paths are resolved against."""
+    try:
+        obj = json.loads(text)
+        if not isinstance(obj, dict):
+            raise ValueError("row is not an object")
+    except ValueError as e:
+        return SourceRow(sid, None, error=f"bad_source_row: {e}")
+    ref = None
+    if obj.get("image"):
+        img = str(obj["image"])
+        if is_uri(img) or is_uri(base):
+            full = img if is_uri(img) else posixpath.join(base.split("?")[0], img)
+        else:
+            p = Path(img)
+            full = str(p if p.is_absolute() else Path(base) / p)
+        ref = {"kind": "file", "path": full}
+    cap = obj.get(caption_col)
+    return SourceRow(sid, cap if isinstance(cap, str) else None, ref, obj.get(task_col))
 
 
-def _captions(path: Path, cfg) -> Iterator[SourceRow]:
-    if path.suffix == ".jsonl":
-        yield from _jsonl(path, cfg.caption_column, cfg.task_column, path.parent)
-    elif path.suffix == ".parquet":
-        yield from _parquet(path, cfg)
-    else:
-        with path.open(encoding="utf-8", errors="replace") as f:
-            # every line is a row: an empty line becomes a counted 'empty_caption' reject, not a skip
-            for i, line in enumerate(f):
-                yield SourceRow(f"{path.name}:{i}", line.rstrip("\n"))
-
-
-def _images(folder: Path, cfg) -> Iterator[SourceRow]:
-    captions: dict[str, SourceRow] = {}
-    cj = folder / "captions.jsonl"
-    if cj.exists():
-        for r in _jsonl(cj, cfg.caption_column, cfg.task_column, folder):
-            if r.image_ref:
-                captions[Path(r.image_ref["path"]).name] = r
-    for p in sorted(folder.iterdir()):
-        if p.is_dir() or p.name == "captions.jsonl" or p.suffix == ".txt" or p.name.startswith("."):
-            continue
-        side = p.with_suffix(".txt")
-        known = captions.get(p.name)
-        cap = known.caption if known else (side.read_text(errors="replace").strip() if side.exists() else None)
-        # non-image files are kept on purpose: the load stage rejects them with a reason
-        yield SourceRow(f"{folder.name}/{p.name}", cap, {"kind": "file", "path": str(p.resolve())},
-                        known.task if known else None)
-
-
-def _parquet(path: Path, cfg) -> Iterator[SourceRow]:
-    import pyarrow.parquet as pq
-
-    pf = pq.ParquetFile(path)
-    cols = [c for c in (cfg.caption_column, cfg.image_column, cfg.task_column) if c in pf.schema_arrow.names]
-    if cfg.caption_column not in cols:
-        raise ValueError(f"{path}: no caption column {cfg.caption_column!r} (columns: {pf.schema_arrow.names})")
-    has_img = cfg.image_column in cols
-    i = 0
-    for batch in pf.iter_batches(columns=[cfg.caption_column] + ([cfg.task_column] if cfg.task_column in cols else [])):
-        for r in batch.to_pylist():
-            ref = {"kind": "parquet", "path": str(path.resolve()), "row": i, "column": cfg.image_column} if has_img else None
-            yield SourceRow(f"{path.name}:{i}", r[cfg.caption_column], ref, r.get(cfg.task_column))
-            i += 1
-
-
-def _demo(tasks, n_signs: int) -> Iterator[SourceRow]:
+def demo_rows(tasks, n_signs: int) -> Iterator[SourceRow]:
     """The bundled photos (task from the job's mix), then — when the job runs the text task — the
     photos with a composed sign, routed to it (a plain photo has no text to edit)."""
     from pipeline.demo_data import DEMO_PHOTOS, DEMO_SIGNS
@@ -112,28 +70,12 @@ def _demo(tasks, n_signs: int) -> Iterator[SourceRow]:
 
 
 def iter_source(cfg, tasks=None) -> Iterator[SourceRow]:
-    """Rows of the job's source, in a stable order. ``tasks``: the job's task names (the demo adds
-    its sign photos only for a job with the text task; None: always)."""
-    n = 0
-    if cfg.kind == "demo":
-        it = _demo(tasks, cfg.demo_signs)
-    else:
-        path = Path(cfg.path)
-        if not path.exists():
-            raise FileNotFoundError(f"source.path {str(path)!r} does not exist")
-        if cfg.kind == "images":
-            if not path.is_dir():
-                raise ValueError(f"source.path {str(path)!r} must be a folder for kind 'images'")
-            it = _images(path, cfg)
-        elif cfg.kind == "parquet":
-            it = _parquet(path, cfg)
-        else:
-            it = _captions(path, cfg)
-    for row in it:
-        if cfg.limit is not None and n >= cfg.limit:
-            return
-        n += 1
-        yield row
+    """Rows of the job's source, in a stable order (through the same index the workers read by).
+    ``tasks``: the job's task names (the demo adds its sign photos only for a job with the text
+    task; None: always)."""
+    from pipeline.source_index import build_index
+    idx = build_index(cfg, tasks)
+    yield from idx.rows(0, idx.n_rows)
 
 
 # ---------------------------------------------------------------- image loading (load stage)
@@ -145,7 +87,11 @@ class ImageLoadError(Exception):
 def read_image_bytes(ref: dict) -> bytes | np.ndarray:
     kind = ref.get("kind")
     if kind == "file":
-        return Path(ref["path"]).read_bytes()
+        p = ref["path"]
+        if is_uri(p):
+            store, name = open_source(p)
+            return store.read_bytes(name)
+        return Path(p).read_bytes()
     if kind == "skimage":
         from pipeline.demo_data import load_demo_photo
         return load_demo_photo(ref["name"])
@@ -153,14 +99,12 @@ def read_image_bytes(ref: dict) -> bytes | np.ndarray:
         from pipeline.demo_data import load_demo_sign
         return load_demo_sign(ref["index"])
     if kind == "parquet":
-        import pyarrow.parquet as pq
-        t = _parquet_table(ref["path"], ref["column"])
-        v = t.column(0)[ref["row"]].as_py()
+        v = _parquet_cell(ref)
         if isinstance(v, dict):
             if v.get("bytes"):
                 return v["bytes"]
             if v.get("path"):
-                return Path(v["path"]).read_bytes()
+                return read_image_bytes({"kind": "file", "path": v["path"]})
             raise ImageLoadError("image struct has neither bytes nor path")
         if isinstance(v, (bytes, bytearray)):
             return bytes(v)
@@ -171,14 +115,33 @@ def read_image_bytes(ref: dict) -> bytes | np.ndarray:
 _PQ_CACHE: dict = {}
 
 
-def _parquet_table(path: str, column: str):
-    """Keep the last Parquet image column read in memory: rows of one file arrive together."""
+def _parquet_cell(ref: dict):
+    """One image cell of a Parquet source. Only its row group's image column is read (and kept
+    for the next rows, which come from the same group): never the whole file's images."""
     import pyarrow.parquet as pq
-    key = (path, column)
+    if "row_group" not in ref:                       # a reference made before row groups were indexed
+        ref = {**ref, **_locate_row(ref["path"], ref["row"])}
+    key = (ref["path"], ref["column"], ref["row_group"])
     if key not in _PQ_CACHE:
         _PQ_CACHE.clear()
-        _PQ_CACHE[key] = pq.read_table(path, columns=[column])
-    return _PQ_CACHE[key]
+        store, name = open_source(ref["path"])
+        with store.open_input(name) as fh:
+            _PQ_CACHE[key] = pq.ParquetFile(fh).read_row_group(ref["row_group"], columns=[ref["column"]])
+    return _PQ_CACHE[key].column(0)[ref["group_row"]].as_py()
+
+
+def _locate_row(path: str, row: int) -> dict:
+    import pyarrow.parquet as pq
+    store, name = open_source(path)
+    with store.open_input(name) as fh:
+        md = pq.ParquetFile(fh).metadata
+    first = 0
+    for g in range(md.num_row_groups):
+        n = md.row_group(g).num_rows
+        if row < first + n:
+            return {"row_group": g, "group_row": row - first}
+        first += n
+    raise ImageLoadError(f"row {row} is past the end of {path}")
 
 
 def decode_image(data: bytes | np.ndarray, max_side: int) -> np.ndarray:
