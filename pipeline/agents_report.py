@@ -92,7 +92,7 @@ def run_report(*, captions: list[str], tasks: list[str], out: Path, llm: dict, p
     rows = _rows(captions, tasks, seed)
     report = {"captions": len(captions), "tasks": tasks, "backend": base.llm.backend, "model": base.llm.model,
               "protocols": {}}
-    with llm_server(base, out) as url:
+    with llm_server(base, Path(out) / "logs") as url:
         for name in protocols:
             cfg = base.model_copy(deep=True)
             for k, v in PROTOCOLS[name].items():

@@ -54,7 +54,7 @@ def _time_stage(cfg, stage, rows):
 
     from pipeline.schema import flow_table
 
-    res = getattr(cfg.stages, stage.resources_key)
+    res = cfg.stages.for_stage(stage.resources_key)
     t = flow_table(rows)
     block = max(1, res.batch_size)
     ds = ray.data.from_arrow([t.slice(i, block) for i in range(0, t.num_rows, block)])
@@ -77,7 +77,7 @@ def run_bench(cfg, scratch: Path) -> dict:
     rows = [r for r in build_plan(cfg) if r["status"] != "rejected"]
     n = len(rows)
     report: dict = {"samples": n, "stages": {}}
-    with llm_server(cfg, scratch) as url:
+    with llm_server(cfg, scratch / "logs") as url:
         if url:
             cfg.llm.url = url
         init_ray(cfg)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 EPILOG = """examples:
   pairforge run deploy/profiles/local.yaml --out out/demo     # embedded Ray + vLLM on this machine
+  pairforge plan JOB.yaml --cluster deploy/ray-cluster.yaml   # dry run: actor pools vs the cluster, exit 1 if too big
   ray job submit --working-dir . -- pairforge run JOB.yaml    # the same job on a Ray cluster
   pairforge stats out/demo [--json]                           # what the job produced
   pairforge verify out/demo                                   # schema, counts, checksums
@@ -46,7 +47,7 @@ def cmd_run(a) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Path(a.out or cfg.output.path)
+    out = a.out or cfg.output.path            # a path or a URI (s3://…): never through Path
     try:
         summary = run_job(cfg, out, progress=not a.no_progress)
     except JobError as e:
@@ -56,6 +57,47 @@ def cmd_run(a) -> int:
     if not a.quiet:
         print(format_stats(compute_stats(out)))
     return 0
+
+
+def cmd_plan(a) -> int:
+    import os
+
+    from pipeline import resources as R
+    from pipeline.config import ConfigError, load_job
+
+    try:
+        cfg = load_job(a.job, _parse_set(a.set))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        n_samples, n_shards, tasks = R.count_samples(cfg)
+    except (OSError, ValueError) as e:
+        # planning on a laptop for a cluster whose source lives on shared storage: pools still count
+        print(f"note: samples not counted: {e}", file=sys.stderr)
+        n_samples = n_shards = None
+        tasks = set(cfg.tasks)
+    pools = R.pool_specs(cfg, tasks)
+    address = a.address or os.environ.get("RAY_ADDRESS") or cfg.ray.address
+    problems = against = None
+    try:
+        if a.cluster:
+            nodes = R.launcher_nodes(a.cluster)
+            against = f"{a.cluster} at its largest ({R.describe_nodes(nodes)})"
+        elif address:
+            nodes = R.ray_nodes(address)
+            against = (f"the running cluster at {address} ({R.describe_nodes(nodes)} now; an autoscaler "
+                       "may add more: check its launcher config with --cluster)")
+        if against:
+            problems = R.check_fits(pools, nodes)
+    except Exception as e:        # unreadable launcher YAML, unreachable cluster: say which, exit 2
+        print(f"error: {a.cluster or address}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    if a.json:
+        print(json.dumps(R.plan_json(cfg, n_samples, n_shards, pools, problems, against), indent=1))
+    else:
+        print(R.format_plan(cfg, n_samples, n_shards, pools, problems, against))
+    return 1 if problems else 0
 
 
 def cmd_stats(a) -> int:
@@ -126,6 +168,33 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("-q", "--quiet", action="store_true", help="do not print statistics at the end")
     r.add_argument("--help-config", action="store_true", help="list every job-file field with its description")
     r.set_defaults(fn=cmd_run)
+
+    pl = sub.add_parser(
+        "plan", help="dry run: the job's actor pools and what they need of a cluster; exit 1 if they do not fit",
+        description="Dry run: load the job file, count its samples and shards from the source index (no\n"
+        "image read, no Ray started, no LLM) and print one row per actor pool the run would start: actors,\n"
+        "CPUs, GPUs and memory per actor, batch size, totals.\n\n"
+        "Ray Data places every actor of a pool before the pool works, so a pool the cluster cannot hold\n"
+        "does not fail: the job waits forever. The check turns that into an error naming the field to change.\n"
+        "It checks against --cluster (a Ray cluster launcher YAML at its max_workers), else --address,\n"
+        "RAY_ADDRESS or the job's ray.address (a running cluster's nodes now), else prints only the needs.\n\n"
+        "exit status: 0 fits (or nothing to check against); 1 does not fit; 2 bad job file, launcher\n"
+        "file or address.", epilog="examples:\n"
+        "  pairforge plan deploy/profiles/paper.yaml --cluster deploy/ray-cluster.yaml\n"
+        "  pairforge plan JOB.yaml --set stages.diffusion_edit.actors=32 --address http://HEAD:8265\n"
+        "  pairforge plan deploy/profiles/local.yaml --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    pl.add_argument("job", help="job YAML (see deploy/profiles/)")
+    pl.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a config field, e.g. --set stages.diffusion_edit.actors=16")
+    pl.add_argument("--cluster", metavar="LAUNCHER.yaml",
+                    help="check against the most nodes this Ray cluster launcher config can start "
+                    "(e.g. deploy/ray-cluster.yaml; node types must declare CPU, GPU and memory)")
+    pl.add_argument("--address", help="check against a running cluster's alive nodes: http://HEAD:8265 "
+                    "or HOST:6379 (default: RAY_ADDRESS, then ray.address of the job)")
+    pl.add_argument("--json", action="store_true", help="one JSON object: samples, shards, pools, "
+                    "requirements, against, fits, problems")
+    pl.set_defaults(fn=cmd_plan)
 
     s = sub.add_parser("stats", help="per-task counts, acceptance, reject reasons, scores and parameters")
     s.add_argument("out", help="output folder of a job")

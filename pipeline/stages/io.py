@@ -1,0 +1,80 @@
+"""The two ends of the chain, run on Ray workers: plan a shard's samples, and write rows as part
+files. Between them the driver only ever sees shard numbers and counts.
+
+    shard k ─► PlanShards (source index → flow rows) ─► stages … ─► write_parts (.tmp/shard-k/*.parquet)
+                                                                        │ (shard, part, rows, accepted)
+                                                         driver counts ◄┘ → compaction task → commit
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from collections import defaultdict
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.config import JobConfig
+from pipeline.schema import FLOW_SCHEMA, flow_table, to_record
+from pipeline.shards import TMP, write_part
+from pipeline.storage import Store
+
+PART_SCHEMA = pa.schema([("shard", pa.int64()), ("part", pa.string()), ("rows", pa.int64()),
+                         ("accepted", pa.int64())])
+CALIBRATION_DIR = f"{TMP}/calibration"
+
+
+class PlanShards:
+    """shard numbers → their samples' flow rows, in blocks of ``block`` rows so the stages after it
+    get small pieces to work on in parallel (a generator: each yield is its own block)."""
+
+    def __init__(self, cfg: dict, index, skip: list[int], block: int):
+        self.cfg = JobConfig.model_validate(cfg)
+        self.index, self.skip, self.block = index, set(skip), block
+
+    def __call__(self, batch: pa.Table):
+        from pipeline.plan import plan_shard
+        for k in batch.column("shard").to_pylist():
+            rows = [r for r in plan_shard(self.cfg, self.index, k) if r["sample_index"] not in self.skip]
+            for i in range(0, len(rows), self.block):
+                yield flow_table(rows[i:i + self.block])
+
+
+def write_parts(batch: pa.Table, *, out: str, job_name: str, config_hash: str, code_version: str,
+                rows_per_shard: int) -> pa.Table:
+    """Flow rows → one part file per shard present in the batch, written where this task runs (Ray
+    tasks: as many writers as the cluster has room for). Returns only (shard, part path, rows,
+    accepted) to the driver."""
+    store = Store(out)
+    meta = dict(job_name=job_name, config_hash=config_hash, code_version=code_version)
+    by_shard: dict[int, list[dict]] = defaultdict(list)
+    for r in batch.to_pylist():
+        by_shard[r["sample_index"] // rows_per_shard].append(to_record(r, **meta))
+    parts = []
+    for k, recs in sorted(by_shard.items()):
+        part = write_part(store, k, recs)
+        _fault_after_part_write()
+        parts.append({"shard": k, "part": part, "rows": len(recs), "accepted": sum(r["status"] == "accepted" for r in recs)})
+    return pa.Table.from_pylist(parts, schema=PART_SCHEMA)
+
+
+def _fault_after_part_write() -> None:
+    """Test hook (tests/test_writer_kill.py): the first writer to get here after the named marker
+    file is absent creates it and dies at once, as a node lost mid-shard would: its part file is
+    written, the driver never hears of it. Nothing sets this variable outside that test."""
+    marker = os.environ.get("PAIRFORGE_TEST_KILL_WRITER_ONCE")
+    if marker and not os.path.exists(marker):
+        with open(marker, "w") as f:
+            f.write(str(os.getpid()))
+        os._exit(17)
+
+
+def save_calibration(batch: pa.Table, *, out: str) -> pa.Table:
+    """The calibration pass's rows (all candidates kept) → a part file under .tmp/calibration, so the
+    main pass only has to judge them, not make them again; the driver gets each row's task and
+    candidate scores, nothing else."""
+    import io
+    buf = io.BytesIO()
+    pq.write_table(batch.cast(FLOW_SCHEMA), buf, compression="zstd")
+    Store(out).write_bytes(f"{CALIBRATION_DIR}/{uuid.uuid4().hex}.parquet", buf.getvalue(), durable=False)
+    return batch.select(["task", "final_task", "candidates_report"])
