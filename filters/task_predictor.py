@@ -174,10 +174,13 @@ def load_training_rows(sources: list[str | Path]) -> list[dict]:
         src = Path(src)
         files = sorted(src.glob("agents_*.jsonl")) if src.is_dir() else [src]
         if src.is_dir() and (src / "manifest.json").exists():
-            from pipeline.shards import read_table
-            for r in read_table(src, "data", ["task", "instruction", "input_caption"]).to_pylist():
-                if r["instruction"]:
-                    rows.append({"task": r["task"], "instruction": r["instruction"], "caption": r["input_caption"]})
+            from pipeline.shards import as_store, committed_files
+            from pipeline.stats import iter_rows
+            store = as_store(src)
+            for _, f in committed_files(store, "data"):      # shard by shard, three small columns
+                for r in iter_rows(store, f["path"], ["task", "instruction", "input_caption"]):
+                    if r["instruction"]:
+                        rows.append({"task": r["task"], "instruction": r["instruction"], "caption": r["input_caption"]})
             continue
         for f in files:
             for line in f.read_text().splitlines():

@@ -1,16 +1,77 @@
 """`pairforge stats OUT`: what a job produced — per-task counts, acceptance, reject reasons per
-stage, score distributions, and summaries of every sampled parameter."""
+stage, score distributions, and summaries of every sampled parameter.
+
+Memory does not grow with the job: files are read shard by shard, a record batch at a time, and
+only the columns below (never images, masks or the big provenance JSON such as candidates).
+Distributions keep exact n/mean/min/max plus a fixed-size reservoir for the quantiles; value
+counts of categorical parameters keep at most MAX_DISTINCT keys."""
 from __future__ import annotations
 
 import json
+import random
+from array import array
 from collections import Counter, defaultdict
-from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
-from pipeline.shards import Manifest, read_table
+from pipeline.shards import Manifest, as_store
 
-COLUMNS = ["task", "status", "reject_stage", "reject_reason", "reject_detail", "scores", "params", "provenance"]
+COLUMNS = ["task", "status", "reject_stage", "reject_reason", "reject_detail", "scores", "params",
+           "provenance.planned_task", "provenance.llm_backend", "provenance.llm_model"]
+RESERVOIR = 10_000          # quantiles are exact up to this many values per score/parameter
+MAX_DISTINCT = 1_000        # distinct values counted per categorical parameter; the rest → "(other)"
+OTHER = "(other)"
+
+
+class NumSummary:
+    """Exact n/mean/min/max and a seeded reservoir sample (Algorithm R) for p10/p50/p90: exact
+    while n ≤ RESERVOIR, an unbiased sample beyond; the same input order gives the same numbers."""
+
+    def __init__(self):
+        self.n, self.total, self.lo, self.hi = 0, 0.0, float("inf"), float("-inf")
+        self.sample = array("d")                # 8 bytes a value, at most RESERVOIR of them
+        self.rng = random.Random(0)
+
+    def add(self, x) -> None:
+        x = float(x)
+        self.n += 1
+        self.total += x
+        self.lo, self.hi = min(self.lo, x), max(self.hi, x)
+        if len(self.sample) < RESERVOIR:
+            self.sample.append(x)
+        else:
+            j = self.rng.randrange(self.n)
+            if j < RESERVOIR:
+                self.sample[j] = x
+
+    def summary(self) -> dict:
+        a = np.frombuffer(self.sample, dtype=float)
+        q = np.quantile(a, [0.1, 0.5, 0.9])
+        # all values in hand: numpy's mean, exactly what the unbounded version printed
+        mean = float(a.mean()) if self.n == a.size else self.total / self.n
+        return {"n": self.n, "mean": round(mean, 4), "min": round(self.lo, 4),
+                "p10": round(float(q[0]), 4), "p50": round(float(q[1]), 4), "p90": round(float(q[2]), 4),
+                "max": round(self.hi, 4)}
+
+
+class ParamSummary:
+    """One sampled parameter: numeric summary while every value is a number, value counts (capped)
+    for the categorical view, which is what is shown as soon as one value is not a number."""
+
+    def __init__(self):
+        self.nums, self.counts, self.all_numeric = NumSummary(), Counter(), True
+
+    def add(self, v) -> None:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            self.nums.add(v)
+        else:
+            self.all_numeric = False
+        key = str(v)
+        self.counts[key if key in self.counts or len(self.counts) < MAX_DISTINCT else OTHER] += 1
+
+    def summary(self) -> dict:
+        return self.nums.summary() if self.all_numeric else dict(self.counts.most_common(12))
 
 
 def _flatten(prefix: str, v, out: dict) -> None:
@@ -26,70 +87,71 @@ def _flatten(prefix: str, v, out: dict) -> None:
             tag = x.get("op") if isinstance(x, dict) and isinstance(x.get("op"), str) else ""
             _flatten(f"{prefix}[{tag}]", x, out)
     else:
-        out.setdefault(prefix, []).append(v)
+        if prefix not in out:
+            out[prefix] = ParamSummary()
+        out[prefix].add(v)
 
 
-def _num_summary(xs: list[float]) -> dict:
-    a = np.asarray(xs, dtype=float)
-    q = np.quantile(a, [0.1, 0.5, 0.9])
-    return {"n": int(a.size), "mean": round(float(a.mean()), 4), "min": round(float(a.min()), 4),
-            "p10": round(float(q[0]), 4), "p50": round(float(q[1]), 4), "p90": round(float(q[2]), 4),
-            "max": round(float(a.max()), 4)}
+def iter_rows(store, path: str, columns: list[str], batch_size: int = 256):
+    """Rows of one Parquet file as dicts, a record batch at a time, only ``columns``."""
+    with store.open_input(path) as fh:
+        for batch in pq.ParquetFile(fh).iter_batches(batch_size=batch_size, columns=columns):
+            yield from batch.to_pylist()
 
 
-def compute_stats(out: str | Path) -> dict:
-    out = Path(out)
-    m = Manifest(out)
+def compute_stats(out) -> dict:
+    store = as_store(out)
+    m = Manifest(store)
     if m.data is None:
-        raise FileNotFoundError(f"{out}: no manifest.json — not a pairforge output folder")
-    rows = read_table(out, "data", COLUMNS).to_pylist() + read_table(out, "rejects", COLUMNS).to_pylist()
+        raise FileNotFoundError(f"{m.out}: no manifest.json — not a pairforge output folder")
     per_task: dict = defaultdict(lambda: {"accepted": 0, "rejected": 0, "reasons": Counter(), "filters": Counter(),
                                           "reassigned_from": Counter(),
-                                          "scores": defaultdict(list), "params": {}})
+                                          "scores": defaultdict(NumSummary), "params": {}})
     backends = Counter()
-    for r in rows:
-        t = per_task[r["task"]]
-        t[r["status"]] += 1
-        if r["status"] == "rejected":
-            t["reasons"][f"{r['reject_stage']}:{r['reject_reason']}"] += 1
-            if r["reject_stage"] == "filter":     # the detail starts with the filter's name
-                which = (r["reject_detail"] or "").split(":", 1)[0] or "?"
-                t["filters"][f"{which}/{r['reject_reason']}"] += 1
-        planned = (r["provenance"] or {}).get("planned_task")
-        if planned and planned != r["task"]:
-            t["reassigned_from"][planned] += 1
-        for k, v in (r["scores"] or {}).items():
-            if v is not None:
-                t["scores"][k].append(v)
-        if r["status"] == "accepted":
-            if r["params"]:
-                _flatten("", json.loads(r["params"]), t["params"])
-            p = r["provenance"] or {}
-            backends[f"{p.get('llm_backend')} / {p.get('llm_model')}"] += 1
+    n_records = 0
+    for _, e in m.iter_entries():
+        n_records += 1
+        for sub in ("data", "rejects"):
+            f = e["files"].get(sub)
+            for r in iter_rows(store, f["path"], COLUMNS) if f else ():
+                _add_row(per_task[r["task"]], r, backends)
     tasks = {}
     for name, t in sorted(per_task.items()):
         n = t["accepted"] + t["rejected"]
-        params = {}
-        for k, vs in sorted(t["params"].items()):
-            nums = [v for v in vs if isinstance(v, (int, float)) and not isinstance(v, bool)]
-            if nums and len(nums) == len(vs):
-                params[k] = _num_summary(nums)
-            else:
-                params[k] = dict(Counter(map(str, vs)).most_common(12))
         tasks[name] = {"samples": n, "accepted": t["accepted"], "rejected": t["rejected"],
                        "acceptance": round(t["accepted"] / n, 4) if n else 0.0,
                        "reject_reasons": dict(t["reasons"].most_common()),
                        "filter_drops": dict(t["filters"].most_common()),
                        "reassigned_from": dict(t["reassigned_from"].most_common()),
-                       "scores": {k: _num_summary(v) for k, v in sorted(t["scores"].items())},
-                       "params": params}
+                       "scores": {k: v.summary() for k, v in sorted(t["scores"].items())},
+                       "params": {k: v.summary() for k, v in sorted(t["params"].items())}}
     acc = sum(t["accepted"] for t in tasks.values())
     total = sum(t["samples"] for t in tasks.values())
-    return {"output": str(out), "job_name": m.data.get("job_name"), "config_hash": m.data.get("config_hash"),
-            "complete": bool(m.data.get("complete")), "shards_committed": len(m.committed()),
+    return {"output": str(m.out), "job_name": m.data.get("job_name"), "config_hash": m.data.get("config_hash"),
+            "complete": m.complete, "shards_committed": n_records,
             "shards_total": m.data.get("n_shards"), "samples": total, "accepted": acc,
             "acceptance": round(acc / total, 4) if total else 0.0,
             "instruction_writers": dict(backends), "tasks": tasks}
+
+
+def _add_row(t: dict, r: dict, backends: Counter) -> None:
+    t[r["status"]] += 1
+    if r["status"] == "rejected":
+        t["reasons"][f"{r['reject_stage']}:{r['reject_reason']}"] += 1
+        if r["reject_stage"] == "filter":     # the detail starts with the filter's name
+            which = (r["reject_detail"] or "").split(":", 1)[0] or "?"
+            t["filters"][f"{which}/{r['reject_reason']}"] += 1
+    p = r["provenance"] or {}
+    planned = p.get("planned_task")
+    if planned and planned != r["task"]:
+        t["reassigned_from"][planned] += 1
+    for k, v in (r["scores"] or {}).items():
+        if v is not None:
+            t["scores"][k].add(v)
+    if r["status"] == "accepted":
+        if r["params"]:
+            _flatten("", json.loads(r["params"]), t["params"])
+        backends[f"{p.get('llm_backend')} / {p.get('llm_model')}"] += 1
 
 
 def format_stats(s: dict) -> str:

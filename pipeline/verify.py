@@ -1,85 +1,126 @@
 """`pairforge verify OUT`: check an output folder end to end; any problem → non-zero exit.
 
-Checks: manifest present and complete; every listed file exists with its sha256 and row count;
-every file's schema equals the record schema (including the datasets feature metadata); ids are
-unique across all shards and recompute from (job seed, source id, task, attempt); per-task counts
-match the manifest; no stray or temporary files.
+Checks: manifest present and complete; every committed file exists with its sha256 and row count;
+every file's schema equals the record schema (including the datasets feature metadata); per-task
+counts and statuses match the commit record; ids recompute from (job seed, source id, planned task,
+attempt); each shard's rows have distinct sample indices, all inside the shard; no stray files.
+
+Memory does not grow with the job: shards are checked one at a time, hashing streams the file, the
+schema comes from the Parquet footer and only a few small columns are read. There is no global set
+of ids, yet ids are unique across the job: an id is a function of its sample (seed, source, planned
+task, attempt — the plan gives every sample index its own), each row's id is recomputed from those
+columns, and sample indices are checked distinct within a shard and confined to its range
+[k·N, (k+1)·N), so two rows of the job can only share an id by sharing a sample index within one
+shard (a duplicated row), which is reported.
 """
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import yaml
 
 from pipeline.schema import RECORD_SCHEMA, sample_id
-from pipeline.shards import Manifest, sha256_file
+from pipeline.shards import Manifest, as_store, sha256_file, shard_name
+
+COLUMNS = ["id", "source_id", "task", "attempt", "status", "sample_index", "provenance.planned_task"]
 
 
 def _as_read_back(schema):
-    """The record schema as Parquet gives it back (list children come back named 'element')."""
+    """The record schema as a Parquet footer gives it back (list children come back named 'element')."""
     import io
     import pyarrow as pa
     buf = io.BytesIO()
     pq.write_table(schema.empty_table(), buf)
-    return pq.read_table(pa.BufferReader(buf.getvalue())).schema
+    return pq.ParquetFile(pa.BufferReader(buf.getvalue())).schema_arrow
 
 
-def verify(out: str | Path) -> list[str]:
-    out = Path(out)
+def verify(out) -> list[str]:
+    store = as_store(out)
     problems: list[str] = []
-    m = Manifest(out)
+    m = Manifest(store)
     if m.data is None:
-        return [f"{out}: manifest.json missing"]
-    if not m.data.get("complete"):
-        problems.append(f"job incomplete: {len(m.committed())}/{m.data['n_shards']} shards committed")
+        return [f"{m.out}: manifest.json missing"]
+    n_shards, N = m.data["n_shards"], m.data["rows_per_shard"]
     seed = None
-    resolved = out / "job.resolved.yaml"
-    if resolved.exists():
-        seed = (yaml.safe_load(resolved.read_text()) or {}).get("seed")
+    if store.exists("job.resolved.yaml"):
+        seed = (yaml.safe_load(store.read_text("job.resolved.yaml")) or {}).get("seed")
     expected_schema = _as_read_back(RECORD_SCHEMA)
-    ids: Counter = Counter()
-    listed = set()
-    for k, e in sorted(m.shards.items(), key=lambda kv: int(kv[0])):
+    # which canonical files the records name: one byte per shard (bit 1 data, bit 2 rejects), so
+    # the stray-file check needs no set of paths; records naming other paths (none expected) aside
+    named = bytearray(n_shards)
+    odd_paths: set[str] = set()
+    n_committed = 0
+    for k, e in m.iter_entries():
+        n_committed += 1
         tasks = {"data": Counter(), "rejects": Counter()}
+        indices: Counter = Counter()            # data + rejects of this shard: at most N keys
         for sub, f in e["files"].items():
-            p = out / f["path"]
-            listed.add(f["path"])
-            if not p.exists():
-                problems.append(f"{f['path']}: missing")
-                continue
-            if sha256_file(p) != f["sha256"]:
-                problems.append(f"{f['path']}: sha256 mismatch (file changed or corrupt)")
-            try:
-                t = pq.read_table(p)
-            except Exception as ex:  # corrupt parquet of any kind is a finding, not a crash
-                problems.append(f"{f['path']}: unreadable: {type(ex).__name__}: {ex}")
-                continue
-            if not t.schema.equals(expected_schema, check_metadata=True):
-                problems.append(f"{f['path']}: schema differs from the record schema")
-            if t.num_rows != f["rows"]:
-                problems.append(f"{f['path']}: {t.num_rows} rows, manifest says {f['rows']}")
-            want_status = "accepted" if sub == "data" else "rejected"
-            for r in t.select(["id", "source_id", "task", "attempt", "status", "provenance"]).to_pylist():
-                planned = (r["provenance"] or {}).get("planned_task") or r["task"]   # reassigned samples
-                ids[r["id"]] += 1
-                tasks[sub][r["task"]] += 1
-                if r["status"] != want_status:
-                    problems.append(f"{f['path']}: row {r['id']} has status {r['status']!r}")
-                if seed is not None and sample_id(seed, r["source_id"], planned, r["attempt"]) != r["id"]:
-                    problems.append(f"{f['path']}: id {r['id']} does not match its (seed, source, task, attempt)")
+            if f["path"] == f"{sub}/{shard_name(k)}" and k < n_shards:
+                named[k] |= 1 if sub == "data" else 2
+            else:
+                odd_paths.add(f["path"])
+            problems += _check_file(store, f, sub, seed, expected_schema, tasks[sub], indices)
+        outside = [i for i in indices if not k * N <= i < (k + 1) * N]
+        if outside:
+            problems.append(f"shard {k}: {len(outside)} row(s) with a sample index outside "
+                            f"[{k * N}, {(k + 1) * N}), e.g. {min(outside)}")
+        dup = [i for i, c in indices.items() if c > 1]
+        if dup:
+            problems.append(f"shard {k}: {len(dup)} sample index(es) appear more than once "
+                            f"(duplicated rows: ids not unique), e.g. {min(dup)}")
         if dict(tasks["data"]) != e["tasks_accepted"]:
             problems.append(f"shard {k}: accepted per-task counts {dict(tasks['data'])} != manifest {e['tasks_accepted']}")
         if "rejects" in e["files"] and dict(tasks["rejects"]) != e["tasks_rejected"]:
             problems.append(f"shard {k}: rejected per-task counts differ from the manifest")
-    dup = [i for i, c in ids.items() if c > 1]
-    if dup:
-        problems.append(f"{len(dup)} id(s) appear more than once, e.g. {dup[0]}")
-    for sub in ("data", "rejects"):
-        d = out / sub
-        if d.exists():
-            for p in sorted(d.iterdir()):
-                if f"{sub}/{p.name}" not in listed:
-                    problems.append(f"{sub}/{p.name}: not in the manifest (stray or temporary file)")
+    if not m.complete:
+        problems.insert(0, f"job incomplete: {n_committed}/{n_shards} shards committed")
+    for sub, bit in (("data", 1), ("rejects", 2)):
+        for name in store.list(sub):
+            rel = f"{sub}/{name}"
+            k = _shard_of(name)
+            if rel not in odd_paths and (k is None or k >= n_shards or not named[k] & bit):
+                problems.append(f"{rel}: not in the manifest (stray or temporary file)")
+    return problems
+
+
+def _shard_of(name: str) -> int | None:
+    if name.startswith("part-") and name.endswith(".parquet") and name[5:-8].isdigit():
+        k = int(name[5:-8])
+        return k if shard_name(k) == name else None
+    return None
+
+
+def _check_file(store, f: dict, sub: str, seed, expected_schema, tasks: Counter, indices: Counter) -> list[str]:
+    """One committed file: existence, sha256 (streamed), footer schema and row count, then the
+    small columns a record batch at a time. Counts rows per task and sample index into the args."""
+    path = f["path"]
+    if not store.exists(path):
+        return [f"{path}: missing"]
+    problems = []
+    if sha256_file(path, store) != f["sha256"]:
+        problems.append(f"{path}: sha256 mismatch (file changed or corrupt)")
+    want_status = "accepted" if sub == "data" else "rejected"
+    try:
+        with store.open_input(path) as fh:
+            pf = pq.ParquetFile(fh)
+            if not pf.schema_arrow.equals(expected_schema, check_metadata=True):
+                problems.append(f"{path}: schema differs from the record schema")
+            if pf.metadata.num_rows != f["rows"]:
+                problems.append(f"{path}: {pf.metadata.num_rows} rows, manifest says {f['rows']}")
+            bad_status, bad_id = [], []           # (count, first example): one line per file, not per row
+            for batch in pf.iter_batches(batch_size=1024, columns=COLUMNS):
+                for r in batch.to_pylist():
+                    planned = (r["provenance"] or {}).get("planned_task") or r["task"]   # reassigned samples
+                    tasks[r["task"]] += 1
+                    indices[r["sample_index"]] += 1
+                    if r["status"] != want_status:
+                        bad_status.append(f"row {r['id']} has status {r['status']!r}")
+                    if seed is not None and sample_id(seed, r["source_id"], planned, r["attempt"]) != r["id"]:
+                        bad_id.append(f"id {r['id']} does not match its (seed, source, task, attempt)")
+            for bad in (bad_status, bad_id):
+                if bad:
+                    problems.append(f"{path}: {bad[0]}" + (f" (and {len(bad) - 1} more rows)" if len(bad) > 1 else ""))
+    except Exception as ex:  # corrupt parquet of any kind is a finding, not a crash
+        problems.append(f"{path}: unreadable: {type(ex).__name__}: {ex}")
     return problems

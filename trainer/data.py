@@ -1,6 +1,6 @@
 """Training pairs streamed from the shards.
 
-Rows come from ``data/part-*.parquet`` of job output folders (the files ``manifest.json`` lists as
+Rows come from ``data/part-*.parquet`` of job output folders (the files the commit records list as
 committed; a half-written shard never counts) and are read a record batch at a time with pyarrow,
 reading only the columns the trainer needs. A row is held out for ``pairforge eval`` when a hash
 of its id falls under ``holdout_fraction``: the split is stable across runs, machines and shard
@@ -13,7 +13,6 @@ Rows that cannot be used (an undecodable image, no instruction) are skipped and 
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -37,11 +36,9 @@ def shard_files(sources: list[str]) -> list[Path]:
         if p.is_file():
             files.append(p)
         elif (p / "manifest.json").exists():
-            m = json.loads((p / "manifest.json").read_text())
-            for _, entry in sorted(m.get("shards", {}).items(), key=lambda kv: int(kv[0])):
-                f = entry.get("files", {}).get("data")
-                if f:
-                    files.append(p / f["path"])
+            # the commit records decide (format-1 folders, commits inside manifest.json, read too)
+            from pipeline.shards import committed_files
+            files.extend(p / f["path"] for _, f in committed_files(p, "data"))
         elif (p / "data").is_dir():
             files.extend(sorted((p / "data").glob("part-*.parquet")))
         else:
