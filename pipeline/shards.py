@@ -124,8 +124,8 @@ class Manifest:
 
     @property
     def complete(self) -> bool:
-        """Every shard has its commit record (the records decide, not the header's flag)."""
-        return bool(self.data) and len(self.committed()) == self.data["n_shards"]
+        """Every shard has a whole commit record (the records decide, not the header's flag)."""
+        return bool(self.data) and sum(1 for _ in self.iter_entries()) == self.data["n_shards"]
 
     def mark_complete(self, totals: dict) -> None:
         """Once, after the last commit: the totals the driver counted (O(tasks), not O(samples))."""
@@ -134,6 +134,7 @@ class Manifest:
 
     # ---------------------------------------------------------------- commits
     def committed(self) -> set[int]:
+        """Shards with a commit record (a cut-off record is not one: see ``entry``)."""
         ks = {int(k) for k in self._legacy}
         for name in self.store.list(COMMITS):
             if name.startswith("shard-") and name.endswith(".json"):
@@ -148,8 +149,8 @@ class Manifest:
         except FileNotFoundError:
             return None
         except ValueError:
-            log.warning("commit record %s is cut off (interrupted write); shard %d will be made again", commit_name(k), k)
-            self.store.delete(commit_name(k))
+            # cut off (an interrupted write): no commit; the next run deletes it and makes the shard
+            log.warning("commit record %s is cut off; shard %d counts as not committed", commit_name(k), k)
             return None
 
     def iter_entries(self) -> Iterator[tuple[int, dict]]:
@@ -171,11 +172,15 @@ class Manifest:
     def clean_uncommitted(self) -> list[str]:
         """Delete what a killed run left: final files without a commit record, and all part files.
         Returns the relative paths removed."""
-        keep = set()
-        for _, e in self.iter_entries():
+        keep, removed = set(), []
+        for k in sorted(self.committed()):
+            e = self.entry(k)
+            if e is None:                       # a cut-off record: the shard is made again
+                self.store.delete(commit_name(k))
+                removed.append(commit_name(k))
+                continue
             for f in e["files"].values():
                 keep.add(f["path"])
-        removed = []
         for sub in ("data", "rejects"):
             for name in self.store.list(sub):
                 rel = f"{sub}/{name}"

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from tests.jobutil import ROOT, run_cli, write_job
-from tests.test_resume import _rows
+from tests.test_resume import _rows, committed
 
 pytestmark = pytest.mark.slow
 STAGE = re.compile(r"MapWorker.*CpuPairStage|CpuPairStage.*MapWorker")
@@ -50,12 +50,12 @@ def test_killed_stage_actor_loses_no_sample(vllm_url, tmp_path):
     p = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(job), "--out", str(out), "--no-progress", "-q"],
                          cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                          text=True)
-    man, killed, deadline = out / "manifest.json", None, time.time() + 600
+    killed, deadline = None, time.time() + 600
     try:
         while time.time() < deadline and killed is None:
             if p.poll() is not None:
                 pytest.fail("the job finished before its stage actor could be killed")
-            done = len(json.loads(man.read_text())["shards"]) if man.exists() else 0
+            done = len(committed(out))
             actors = _stage_actors(p.pid)
             if done >= 1 and actors:            # mid-run: some rows through the stage, more to come
                 killed = actors[0].pid

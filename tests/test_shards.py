@@ -90,8 +90,10 @@ def test_cut_off_commit_record_is_not_a_commit(tmp_path):
     rec = out / "_commits" / "shard-00001.json"
     rec.write_text(rec.read_text()[:20])
     m = Manifest(out)
-    assert [k for k, _ in m.iter_entries()] == [0, 2]
-    assert not rec.exists()
+    assert [k for k, _ in m.iter_entries()] == [0, 2] and not m.complete
+    assert rec.exists()                                   # reading changes nothing
+    assert "_commits/shard-00001.json" in m.clean_uncommitted()     # the next run's cleanup does
+    assert not rec.exists() and not (out / "data" / "part-00001.parquet").exists()
 
 
 def test_format_1_output_is_read_and_converted_on_resume(tmp_path):
