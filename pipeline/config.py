@@ -103,6 +103,8 @@ class StageResources(_Strict):
     num_cpus: float = Field(0.5, ge=0, description="CPUs reserved per actor.")
     num_gpus: float = Field(0, ge=0, description="GPUs reserved per actor.")
     batch_size: int = Field(16, ge=1, le=100000, description="Rows per batch handed to an actor.")
+    memory_gb: float = Field(0, ge=0, description="Memory (GiB) Ray reserves per actor, so it places no more "
+                             "actors on a node than its RAM holds; 0 reserves none.")
     resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources per actor, "
                                         "e.g. {llm_host: 0.1} to place the stage on nodes started with that resource.")
 
@@ -119,13 +121,30 @@ class StagesConfig(_Strict):
     ground: StageResources = Field(default_factory=lambda: StageResources(actors=1, num_cpus=0.5, batch_size=8),
                                    description="Grounding stage (Grounding DINO + SAM; give it num_gpus on a cluster).")
     diffusion: StageResources = Field(default_factory=lambda: StageResources(actors=1, num_cpus=1, batch_size=2),
-                                      description="Diffusion stages (base images; P2P / PnP / inpainting edits): one pool "
-                                      "each, both of this size; give them num_gpus on a cluster.")
+                                      description="Both diffusion stages (base images; P2P / PnP / inpainting edits), one "
+                                      "pool each, unless diffusion_base / diffusion_edit set their own; give them "
+                                      "num_gpus on a cluster.")
+    diffusion_base: StageResources | None = Field(None, description="Base image stage (one image per sample, before "
+                                                  "grounding); fields left out come from the diffusion block.")
+    diffusion_edit: StageResources | None = Field(None, description="Edit stage (P2P / PnP / inpainting, ten candidates "
+                                                  "per sample by default: the heaviest pool); fields left out come "
+                                                  "from the diffusion block.")
     text: StageResources = Field(default_factory=lambda: StageResources(actors=1, num_cpus=0.5, batch_size=8),
                                  description="Text stage (EasyOCR + inpainting; give it num_gpus on a cluster).")
     translate: StageResources = Field(default_factory=lambda: StageResources(actors=1, num_cpus=0.5, batch_size=8),
                                       description="Translation stage (depth, pose and segmentation annotators; Canny, normals; "
                                       "give it num_gpus on a cluster).")
+
+    def for_stage(self, key: str) -> StageResources:
+        """The pool settings of a stage's ``resources_key``. The split diffusion blocks take what they
+        leave out from ``diffusion`` (job files written before the split keep their pools, and
+        ``diffusion_edit: {actors: 24}`` keeps the GPUs set there)."""
+        res = getattr(self, key)
+        if key not in ("diffusion_base", "diffusion_edit"):
+            return res
+        if res is None:
+            return self.diffusion
+        return self.diffusion.model_copy(update={f: getattr(res, f) for f in res.model_fields_set})
 
 
 class OutputConfig(_Strict):

@@ -49,7 +49,6 @@ def row_masks(row: dict, shape: tuple[int, int]) -> dict[str, np.ndarray]:
 
 
 class _DiffusionStage(Stage):
-    resources_key = "diffusion"
     load_inpaint = False
 
     def setup(self) -> None:
@@ -64,6 +63,7 @@ class _DiffusionStage(Stage):
 
 class DiffusionBaseStage(_DiffusionStage):
     name = "diffusion_base"
+    resources_key = "diffusion_base"     # stages.diffusion_base, else stages.diffusion
 
     def process_row(self, row: dict) -> None:
         answer, task = _answer(row), row["task"]
@@ -86,6 +86,7 @@ class DiffusionBaseStage(_DiffusionStage):
 
 class DiffusionEditStage(_DiffusionStage):
     name = "diffusion_edit"
+    resources_key = "diffusion_edit"     # stages.diffusion_edit, else stages.diffusion
     load_inpaint = True
 
     def process_row(self, row: dict) -> None:
