@@ -192,6 +192,26 @@ def launcher_nodes(path: str | Path) -> list[dict]:
     return nodes
 
 
+BOOTSTRAP_CONFIG = Path("~/ray_bootstrap_config.yaml")   # where `ray up` puts its config on the head
+
+
+def job_cluster_nodes(bootstrap: Path = BOOTSTRAP_CONFIG) -> tuple[list[dict], str]:
+    """For `run`, inside a connected Ray: the nodes the job can count on, and a description. On the
+    head of a launcher-made cluster (where `ray job submit` runs the driver) the launcher's config
+    at its largest, because the autoscaler adds nodes as the pools ask for them and today's alive
+    nodes (2 GPU workers for paper.yaml) would refuse a job that fits; elsewhere the alive nodes."""
+    path = bootstrap.expanduser()
+    if path.is_file():
+        try:
+            nodes = launcher_nodes(path)
+            return nodes, f"the autoscaler's config {path} at its largest ({describe_nodes(nodes)})"
+        except ValueError:      # a provider that left CPU / GPU undeclared: count what is alive
+            pass
+    import ray
+    nodes = [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+    return nodes, f"this Ray cluster's alive nodes ({describe_nodes(nodes)})"
+
+
 def describe_nodes(nodes: list[dict]) -> str:
     t = cluster_totals(nodes)
     return (f"{len(nodes)} node{'s' if len(nodes) != 1 else ''}: {_amount('CPU', t.get('CPU', 0))}, "
@@ -244,4 +264,4 @@ def plan_json(cfg: JobConfig, n_samples: int | None, n_shards: int | None, pools
 
 
 __all__ = ["PoolSpec", "pool_specs", "count_samples", "requirements", "check_fits", "cluster_totals",
-           "ray_nodes", "launcher_nodes", "describe_nodes", "format_plan", "plan_json", "GIB"]
+           "ray_nodes", "launcher_nodes", "job_cluster_nodes", "describe_nodes", "format_plan", "plan_json", "GIB"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import JobConfig, StagesConfig, load_job
-from pipeline.resources import GIB, check_fits, launcher_nodes, pool_specs, requirements
+from pipeline.resources import GIB, check_fits, job_cluster_nodes, launcher_nodes, pool_specs, requirements
 from pipeline.stages import CHAIN
 from tasks import implemented
 
@@ -52,6 +52,14 @@ def test_launcher_nodes_counts_max_workers_and_the_overall_cap(tmp_path):
     capped.write_text("head_node_type: h\navailable_node_types:\n  h: {resources: {CPU: 8}}\n")
     with pytest.raises(ValueError, match="available_node_types.h.resources: declare GPU"):
         launcher_nodes(capped)
+
+
+def test_run_on_a_launcher_head_counts_what_the_autoscaler_can_add(tmp_path):
+    # on the head of a `ray up` cluster only 2 GPU workers may be alive when the job starts
+    boot = tmp_path / "ray_bootstrap_config.yaml"
+    boot.write_text(CLUSTER.read_text())
+    nodes, what = job_cluster_nodes(boot)
+    assert len(nodes) == 21 and "64 GPUs" in what
 
 
 def test_too_many_gpus_names_the_stage_and_field():
