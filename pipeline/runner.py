@@ -87,8 +87,7 @@ def init_ray(cfg: JobConfig):
 
 
 def _res(cfg: JobConfig, stage):
-    st = cfg.stages
-    return st.for_stage(stage.resources_key) if hasattr(st, "for_stage") else getattr(st, stage.resources_key)
+    return cfg.stages.for_stage(stage.resources_key)
 
 
 def _block(cfg: JobConfig) -> int:
@@ -105,7 +104,7 @@ def add_stages(ds, cfg: JobConfig, tasks: set[str], chain: tuple | None = None):
         if not stage.needed(tasks):
             continue
         res = _res(cfg, stage)
-        mem = int(getattr(res, "memory_gb", 0) * 2**30) or None
+        mem = int(res.memory_gb * 2**30) or None
         ds = ds.map_batches(stage, fn_constructor_kwargs={"cfg": cfg_dict}, batch_size=res.batch_size,
                             batch_format="pyarrow", compute=ActorPoolStrategy(size=res.actors), num_cpus=res.num_cpus,
                             num_gpus=res.num_gpus or None, memory=mem, resources=res.resources or None)
@@ -139,7 +138,10 @@ def _local_dir(store: Store, name: str, cfg: JobConfig) -> Path:
     return Path(tempfile.gettempdir()) / "pairforge" / f"{cfg.name}-{cfg.config_hash()}" / name
 
 
-def run_job(cfg: JobConfig, out, *, progress: bool = True) -> dict:
+def run_job(cfg: JobConfig, out, *, progress: bool = True, chain: tuple | None = None,
+            _stats: dict | None = None) -> dict:
+    """``chain``: other stages than the job's (Python callers only: the scale benchmark's stand-ins;
+    no job file can choose it). ``_stats``: filled with the driver's commit times per shard."""
     store = as_store(out)
     store.mkdirs()
     # 1. resolved config beside the output; the cache defaults to the output folder
@@ -190,7 +192,7 @@ def run_job(cfg: JobConfig, out, *, progress: bool = True) -> dict:
         ds = ds.map_batches(PlanShards, fn_constructor_kwargs=dict(cfg=cfg.model_dump(mode="json"), index=index,
                                                                    skip=sorted(calibrated), block=_block(cfg)),
                             batch_size=1, batch_format="pyarrow", num_cpus=0.25)
-        passes.append(add_stages(ds, cfg, tasks).map_batches(write_parts, **writer))
+        passes.append(add_stages(ds, cfg, tasks, chain).map_batches(write_parts, **writer))
         for ds in passes:
             for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
                 for part in batch.to_pylist():
@@ -209,18 +211,18 @@ def run_job(cfg: JobConfig, out, *, progress: bool = True) -> dict:
         from pipeline.shards import totals_of
         manifest.mark_complete(totals_of(manifest))
     summary.update(seconds=round(time.time() - t0, 2), shards_written=len(committer.committed_now))
+    if _stats is not None:
+        _stats["commit_ms"] = committer.commit_ms
     return summary
 
 
 def _check_fits(cfg: JobConfig, tasks: set[str]) -> None:
-    import ray
-    try:
-        from pipeline.resources import check_fits, pool_specs
-    except ImportError:
-        return
-    problems = check_fits(pool_specs(cfg, tasks), [n["Resources"] for n in ray.nodes() if n["Alive"]])
+    """Ray Data waits without end for pool actors it cannot place: refuse such a job up front."""
+    from pipeline.resources import check_fits, job_cluster_nodes, pool_specs
+    nodes, against = job_cluster_nodes()
+    problems = check_fits(pool_specs(cfg, tasks), nodes)
     if problems:
-        raise JobError("the job's actor pools do not fit this Ray cluster (`pairforge plan JOB.yaml` shows them):\n  "
+        raise JobError(f"the job's actor pools do not fit {against} (`pairforge plan JOB.yaml` lists them):\n  "
                        + "\n  ".join(problems))
 
 

@@ -41,15 +41,29 @@ def validate_answer(text: str | None, schema: dict, caption: str) -> tuple[dict 
         return None, "llm_invalid_json", (text or "")[:200]
     # strip whitespace of string values so "  " counts as empty
     obj = {k: v.strip() if isinstance(v, str) else v for k, v in obj.items()}
-    try:
-        jsonschema.validate(obj, schema)
-    except jsonschema.ValidationError as e:
+    e = jsonschema.exceptions.best_match(_validator(schema).iter_errors(obj))
+    if e is not None:
         where = "/".join(str(p) for p in e.absolute_path) or "(answer)"
         return None, "llm_schema", f"{where}: {e.message}"[:300]
     out_cap = obj.get("output_caption")
     if isinstance(out_cap, str) and _norm(out_cap) == _norm(caption):
         return None, "llm_same_caption", out_cap[:200]
     return obj, None, ""
+
+
+_VALIDATORS: dict[str, object] = {}
+
+
+def _validator(schema: dict):
+    """A checked, compiled validator per schema. ``jsonschema.validate`` checks the schema itself on
+    every call: 5 ms an answer, 95% of the instruction stage's own CPU time."""
+    key = json.dumps(schema, sort_keys=True)
+    v = _VALIDATORS.get(key)
+    if v is None:
+        cls = jsonschema.validators.validator_for(schema)
+        cls.check_schema(schema)
+        v = _VALIDATORS[key] = cls(schema)
+    return v
 
 
 def _norm(s: str) -> str:

@@ -40,9 +40,15 @@ class PromptSpec:
 
     @property
     def verb_pattern(self) -> re.Pattern:
-        # Longest first so "turn into" wins over "turn"; whole words only.
-        alts = sorted(self.verbs, key=len, reverse=True)
-        return re.compile(r"\b(" + "|".join(re.escape(v) for v in alts) + r")\b", re.IGNORECASE)
+        return _verb_pattern(self.verbs)
+
+
+@lru_cache(maxsize=64)
+def _verb_pattern(verbs: tuple[str, ...]) -> re.Pattern:
+    """Built once per verb set (it was built for every exemplar of every prompt: half the prompt
+    builder's time). Longest first so "turn into" wins over "turn"; whole words only."""
+    alts = sorted(verbs, key=len, reverse=True)
+    return re.compile(r"\b(" + "|".join(re.escape(v) for v in alts) + r")\b", re.IGNORECASE)
 
 
 @lru_cache(maxsize=64)
