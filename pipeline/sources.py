@@ -45,7 +45,8 @@ def jsonl_row(text: str, sid: str, caption_col: str, task_col: str, base: str) -
     if obj.get("image"):
         img = str(obj["image"])
         if is_uri(img) or is_uri(base):
-            full = img if is_uri(img) else posixpath.join(base.split("?")[0], img)
+            folder, _, q = base.partition("?")          # the folder's ?options (endpoint…) go on the file
+            full = img if is_uri(img) else posixpath.join(folder, img) + (f"?{q}" if q else "")
         else:
             p = Path(img)
             full = str(p if p.is_absolute() else Path(base) / p)
