@@ -83,7 +83,7 @@ class SourceIndex:
         from pipeline.sources import jsonl_row
         store, name = open_source(self.url)
         row, offset, line_no, _ = self._checkpoint(start)
-        base = str(PurePosixPath(self.url).parent) if is_uri(self.url) else str(store.local_path())
+        base = store.url()              # the file's folder: a path, or a URI that keeps its ?options
         with store.open_input(name) as f:
             f.seek(offset)
             for line in _iter_lines(f):
@@ -182,7 +182,8 @@ def _folder_captions(url: str, caption_col: str, task_col: str) -> dict:
                         continue
                     r = jsonl_row(text, f"captions.jsonl:{i}", caption_col, task_col, folder.url())
                     if r.image_ref:
-                        out[PurePosixPath(r.image_ref["path"]).name] = r
+                        p = r.image_ref["path"]
+                        out[PurePosixPath(p.partition("?")[0] if is_uri(p) else p).name] = r
         _CAPTIONS.clear()
         _CAPTIONS[key] = out
     return _CAPTIONS[key]
