@@ -14,6 +14,7 @@ EPILOG = """examples:
   pairforge stats out/demo [--json]                           # what the job produced
   pairforge verify out/demo                                   # schema, counts, checksums
   pairforge bench deploy/profiles/local.yaml                  # per-stage throughput, efficiency, memory
+  pairforge bench --scale 10000 100000 1000000 --json         # how driver memory, throughput and commits scale
   pairforge agents-report -n 200                              # instruction validity and diversity
   pairforge train --shards out/demo --out runs/demo           # fit the editing model on the shards
   pairforge edit photo.png "make it brighter" --checkpoint runs/demo/final
@@ -127,6 +128,18 @@ def cmd_verify(a) -> int:
 
 
 def cmd_bench(a) -> int:
+    if a.scale:
+        from pipeline.bench_scale import format_table, run
+        results = run(a.scale, rows_per_shard=a.rows_per_shard, keep=a.out,
+                      progress=lambda line: print(line, file=sys.stderr))
+        if a.json:                       # one JSON object per N, one per line
+            for r in results:
+                print(json.dumps(r))
+        else:
+            print(format_table(results))
+        return 0
+    if not a.job:
+        raise SystemExit("pairforge bench: a job file, or --scale N, is required (see --help)")
     from pipeline.bench import main as bench_main
     return bench_main(a)
 
@@ -206,9 +219,16 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("out", help="output folder of a job")
     v.set_defaults(fn=cmd_verify)
 
-    b = sub.add_parser("bench", help="per-stage throughput, pipeline efficiency and peak memory of a job")
-    b.add_argument("job", help="job YAML")
-    b.add_argument("--out", default=None, help="scratch folder (default: a temporary one)")
+    b = sub.add_parser("bench", help="per-stage throughput, pipeline efficiency and peak memory of a job; "
+                       "or, with --scale, how the data plane's cost grows with the job size",
+                       description="With a job file: each stage alone, then the chain. With --scale N [N ...]: "
+                       "one job per N of synthetic captions through the real planner, Ray chain, writers and "
+                       "commits (the LLM and the generators replaced by stand-ins, which no job file can select), "
+                       "then stats and verify; driver peak RSS, samples/s and commit time per shard side by side.")
+    b.add_argument("job", nargs="?", help="job YAML (not with --scale)")
+    b.add_argument("--scale", type=int, nargs="+", metavar="N", help="sample counts, e.g. --scale 10000 100000 1000000")
+    b.add_argument("--rows-per-shard", type=int, default=64, help="with --scale: samples per shard (default 64)")
+    b.add_argument("--out", default=None, help="scratch folder (default: a temporary one, deleted after --scale)")
     b.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
     b.add_argument("--json", action="store_true", help="machine-readable output")
     b.set_defaults(fn=cmd_bench)

@@ -222,6 +222,7 @@ def compact_shard(store: Store, k: int, parts: list[str], expected: int, write_r
         t = t.take(pa.array(keep))
     if t.num_rows != expected:
         raise RuntimeError(f"shard {k}: parts hold {t.num_rows} samples, {expected} expected")
+    t = reject_duplicate_instructions(t)
     status = t.column("status").to_pylist()
     tasks = t.column("task").to_pylist()
     acc_i = [i for i, s in enumerate(status) if s == "accepted"]
@@ -242,6 +243,34 @@ def compact_shard(store: Store, k: int, parts: list[str], expected: int, write_r
         "reject_reasons": dict(sorted(Counter(f"{r['reject_stage']}:{r['reject_reason']}" for r in rej_rows).items())),
         "files": files,
     }
+
+
+def reject_duplicate_instructions(t: pa.Table) -> pa.Table:
+    """The same instruction twice for one caption within a shard: the later samples (by index) are
+    rejected as ``instruct:duplicate_instruction``. Done here, on the shard's fixed set of rows, so
+    a row never depends on which rows happened to share its batch (it did when the instruction stage
+    checked its own batch: a resumed job could then differ from an undisturbed one)."""
+    from pipeline.llm.answers import normalise_instruction
+
+    caps, ins = t.column("input_caption").to_pylist(), t.column("instruction").to_pylist()
+    status = t.column("status").to_pylist()
+    seen, dup = set(), []
+    for i, (c, x) in enumerate(zip(caps, ins)):
+        if x is None:
+            continue
+        key = (c, normalise_instruction(x))
+        if key in seen and status[i] == "accepted":
+            dup.append(i)
+        seen.add(key)
+    if not dup:
+        return t
+    cols = {c: t.column(c).to_pylist() for c in ("status", "reject_stage", "reject_reason", "reject_detail")}
+    for i in dup:
+        cols["status"][i], cols["reject_stage"][i] = "rejected", "instruct"
+        cols["reject_reason"][i], cols["reject_detail"][i] = "duplicate_instruction", ins[i][:200]
+    for c, v in cols.items():
+        t = t.set_column(t.schema.get_field_index(c), t.schema.field(c), pa.array(v, t.schema.field(c).type))
+    return t
 
 
 # -------------------------------------------------------------------- readers

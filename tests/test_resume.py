@@ -27,6 +27,21 @@ def _rows(out):
     return rows
 
 
+def row_diff(a: list[dict], b: list[dict]) -> str:
+    """The fields that differ, row by row (a failure message that says what changed)."""
+    out = []
+    for x, y in zip(a, b):
+        for k in x:
+            if x[k] != y[k]:
+                if isinstance(x[k], dict) and isinstance(y[k], dict):
+                    sub = [f"{k}.{kk}: {str(x[k][kk])[:160]!r} != {str(y[k].get(kk))[:160]!r}"
+                           for kk in x[k] if x[k][kk] != y[k].get(kk)]
+                    out += [f"sample {x['sample_index']} {d}" for d in sub]
+                else:
+                    out.append(f"sample {x['sample_index']} {k}: {str(x[k])[:160]!r} != {str(y[k])[:160]!r}")
+    return "\n".join(out[:40])
+
+
 def committed(out) -> list:
     """Commit records of an output folder (one per committed shard)."""
     d = out / "_commits"
@@ -69,4 +84,4 @@ def test_kill_and_rerun_equals_uninterrupted(vllm_url, tmp_path):
     ids = [r["id"] for r in a]
     assert len(ids) == len(set(ids)) == 18
     assert ids == [r["id"] for r in b]
-    assert a == b
+    assert a == b, row_diff(a, b)

@@ -8,8 +8,7 @@
        answers cached by a hash of the request so a rerun replays them
     5. checks: JSON, schema, output caption differs, instruction length, the task's own checks;
        an invalid answer is retried with a new seed, then rejected with the last reason
-    6. duplicate instructions for the same caption: the later samples are rejected
-    7. possessive object phrases ("a dog's tail") get a second prompt for the object alone; both
+    6. possessive object phrases ("a dog's tail") get a second prompt for the object alone; both
        phrases are kept (`<key>_plain`)
 """
 from __future__ import annotations
@@ -18,7 +17,7 @@ import json
 
 import numpy as np
 
-from pipeline.llm.answers import OBJECT_KEYS, instruction_issue, normalise_instruction, validate_answer
+from pipeline.llm.answers import OBJECT_KEYS, instruction_issue, validate_answer
 from pipeline.llm.backends import ChatRequest, ChatResult
 from pipeline.llm.cache import AnswerCache, request_key
 from pipeline.llm.prompt import build, load_prompt
@@ -146,15 +145,10 @@ class InstructStage(Stage):
                     j["last"] = (reason, detail or (res.text or "")[:200])
                     continue
                 j["answer"] = ans
-        # 6. the same instruction twice for one caption: keep the first sample (plan order)
-        seen: set[tuple[str, str]] = set()
-        for j in sorted((j for j in jobs if "answer" in j), key=lambda j: j["row"]["sample_index"]):
-            key = (j["row"]["caption"], normalise_instruction(j["answer"]["instruction"]))
-            if key in seen:
-                j["duplicate"] = True
-            seen.add(key)
+        # (the same instruction twice for one caption is rejected when the shard is compacted,
+        # pipeline/shards.py: here it would depend on which rows share this batch)
         if self.llm.depossess:
-            self._depossess([j for j in jobs if "answer" in j and not j.get("duplicate")])
+            self._depossess([j for j in jobs if "answer" in j])
         for j in jobs:
             row, p = j["row"], j.get("prompt")
             row["llm"] = json.dumps({
@@ -166,8 +160,6 @@ class InstructStage(Stage):
             })
             if "answer" in j:
                 row["answer"] = json.dumps(j["answer"], sort_keys=True)
-                if j.get("duplicate"):
-                    reject(row, self.name, "duplicate_instruction", j["answer"]["instruction"][:200])
             elif row["status"] == "pending":
                 reason, detail = j.get("last", ("llm_error", "no answer"))
                 reject(row, self.name, reason, detail)
