@@ -8,10 +8,9 @@ shards), and the time and peak RSS of stats and verify.
 
 Two stand-ins, here and nowhere else (no job config can select them; only this module passes them
 to ``run_job``), because nothing on one machine can serve a million LLM requests or diffusion runs:
-  * the LLM: the real instruction stage (prompt building, checks, JSON validation) with a backend
-    that answers one fixed valid JSON for the color task;
+  * the LLM stage: one fixed valid color-task answer for every sample;
   * the image generators: a stage that draws a small deterministic input/output pair per sample
-    (64 px PNGs), so the writers and compaction carry image bytes as a job's would.
+    (32 px PNGs), so the writers and compaction carry image bytes as a job's would.
 The filters are off (they need the vision models). Everything after the stages is the job's own.
 """
 from __future__ import annotations
@@ -29,22 +28,18 @@ ANSWER = json.dumps({"instruction": "Make the whole photo warmer and a little br
                      "output_caption": "the same scene in warm, bright afternoon light"})
 
 
-class StandInBackend:
-    """Answers every request with the same valid color-task JSON (benchmark only)."""
-    name, model = "bench-stand-in", "fixed-answer"
-
-    def generate(self, reqs):
-        from pipeline.llm.backends import ChatResult
-        return [ChatResult(text=ANSWER, error=None, completion_tokens=16, structured=True) for _ in reqs]
-
-
 def _stand_in_instruct():
-    from pipeline.stages.instruct import InstructStage
+    from pipeline.stages.base import Stage
 
-    class StandInInstructStage(InstructStage):
-        def setup(self):
-            from pipeline.llm.cache import AnswerCache
-            self.llm, self.backend, self.cache = self.cfg.llm, StandInBackend(), AnswerCache(None)
+    class StandInInstructStage(Stage):
+        """In place of the LLM stage: the same fixed, valid color-task answer for every sample
+        (benchmark only: nothing here could serve a million LLM requests)."""
+        name = "instruct"
+        resources_key = "instruct"
+
+        def process_row(self, row):
+            row["answer"] = ANSWER
+            row["llm"] = json.dumps({"backend": "bench-stand-in", "model": "fixed-answer", "tries": 1})
 
     return StandInInstructStage
 
@@ -63,8 +58,8 @@ def _stand_in_pairs():
         def process_row(self, row):
             # a smooth picture with a little noise: compresses like a photo, not like pure noise
             rng = np.random.default_rng(row["seed"])
-            ramp = np.linspace(0, 200, 64, dtype=np.float32)
-            x = (ramp[None, :, None] + rng.integers(0, 56, (1, 1, 3)) + rng.normal(0, 4, (64, 64, 3)))
+            ramp = np.linspace(0, 200, 32, dtype=np.float32)
+            x = (ramp[None, :, None] + rng.integers(0, 56, (1, 1, 3)) + rng.normal(0, 4, (32, 32, 3)))
             x = np.clip(x, 0, 255).astype(np.uint8)
             row["input_png"] = encode_png(x)
             row["output_png"] = encode_png(np.clip(x.astype(int) + 24, 0, 255).astype(np.uint8))
