@@ -191,7 +191,8 @@ def run_job(cfg: JobConfig, out, *, progress: bool = True, chain: tuple | None =
         ds = ray.data.from_items([{"shard": k} for k in pending])
         ds = ds.map_batches(PlanShards, fn_constructor_kwargs=dict(cfg=cfg.model_dump(mode="json"), index=index,
                                                                    skip=sorted(calibrated), block=_block(cfg)),
-                            batch_size=1, batch_format="pyarrow", num_cpus=0.25)
+                            batch_size=max(1, _block(cfg) // cfg.output.rows_per_shard), batch_format="pyarrow",
+                            num_cpus=0.25)
         passes.append(add_stages(ds, cfg, tasks, chain).map_batches(write_parts, **writer))
         for ds in passes:
             for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):

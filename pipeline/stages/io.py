@@ -25,8 +25,9 @@ CALIBRATION_DIR = f"{TMP}/calibration"
 
 
 class PlanShards:
-    """shard numbers → their samples' flow rows, in blocks of ``block`` rows so the stages after it
-    get small pieces to work on in parallel (a generator: each yield is its own block)."""
+    """shard numbers → their samples' flow rows, in blocks of ``block`` rows (a generator: each
+    yield is its own block). Small shards are planned several to a call and share blocks, so the
+    Ray overhead per block is paid per ``block`` rows, not per shard."""
 
     def __init__(self, cfg: dict, index, skip: list[int], block: int):
         self.cfg = JobConfig.model_validate(cfg)
@@ -34,10 +35,14 @@ class PlanShards:
 
     def __call__(self, batch: pa.Table):
         from pipeline.plan import plan_shard
+        rows: list[dict] = []
         for k in batch.column("shard").to_pylist():
-            rows = [r for r in plan_shard(self.cfg, self.index, k) if r["sample_index"] not in self.skip]
-            for i in range(0, len(rows), self.block):
-                yield flow_table(rows[i:i + self.block])
+            rows += [r for r in plan_shard(self.cfg, self.index, k) if r["sample_index"] not in self.skip]
+            while len(rows) >= self.block:
+                yield flow_table(rows[:self.block])
+                rows = rows[self.block:]
+        if rows:
+            yield flow_table(rows)
 
 
 def write_parts(batch: pa.Table, *, out: str, job_name: str, config_hash: str, code_version: str,
