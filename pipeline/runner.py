@@ -204,7 +204,8 @@ def run_job(cfg: JobConfig, out, *, progress: bool = True, chain: tuple | None =
                                 shards=f"{len(done) + len(committer.committed_now)}/{n_sh}")
         committer.finish()
         bar.close()
-    missing = {k: v - committer.arrived[k] for k, v in expected.items() if k not in committer.committed_now}
+    committed_now = set(committer.committed_now)
+    missing = {k: v - committer.arrived[k] for k, v in expected.items() if k not in committed_now}
     if missing:
         raise RuntimeError(f"shards {sorted(missing)} did not receive all their rows: {missing}")
     store.delete_dir(TMP)

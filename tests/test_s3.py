@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.jobutil import run_cli, write_job
+from tests.test_shards import _rows, _write
 
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 BUCKET = "pairforge"
@@ -122,25 +122,6 @@ def test_store_round_trip(s3_server):
     st.delete_dir("sub")
     assert st.list(recursive=True) == [] and not st.exists("sub/c.txt")
     st.delete_dir("nothing-here")
-
-
-def _rows(n=10, seed=5):
-    from tests.test_shards import _rows as rows
-    return rows(n, seed)
-
-
-def _write(store, rows, order_seed):
-    """tests/test_shards.py's _write through a Store (which may be on S3)."""
-    from pipeline.shards import Manifest, ShardWriter
-    store.write_text("job.resolved.yaml", "seed: 5\n")
-    m = Manifest(store)
-    m.init(config_hash="h", job_name="t", n_samples=len(rows), n_shards=3, rows_per_shard=4)
-    w = ShardWriter(store, m, {0: 4, 1: 4, 2: 2}, 4, job_name="t", config_hash="h", code_version="v", write_rejects=True)
-    shuffled = rows[:]
-    random.Random(order_seed).shuffle(shuffled)
-    for i in range(0, len(shuffled), 3):
-        w.add(shuffled[i:i + 3])
-    return m
 
 
 def test_shards_on_s3_verify_and_match_local_stats(s3_server, tmp_path):

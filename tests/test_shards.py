@@ -33,8 +33,10 @@ def _rows(n=10, seed=5):
 
 
 def _write(out, rows, order_seed):
-    (out).mkdir(parents=True, exist_ok=True)
-    (out / "job.resolved.yaml").write_text("seed: 5\n")
+    """Rows through the shard writer in a shuffled order; ``out`` a folder or a Store (S3 too)."""
+    from pipeline.shards import as_store
+    out = as_store(out)
+    out.write_text("job.resolved.yaml", "seed: 5\n")
     m = Manifest(out)
     m.init(config_hash="h", job_name="t", n_samples=len(rows), n_shards=3, rows_per_shard=4)
     w = ShardWriter(out, m, {0: 4, 1: 4, 2: 2}, 4, job_name="t", config_hash="h", code_version="v", write_rejects=True)
