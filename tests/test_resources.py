@@ -131,3 +131,16 @@ def test_plan_command_local_profile():
     out = json.loads(p.stdout)
     assert out["samples"] > 0 and out["shards"] >= 1 and out["fits"] is None and out["requirements"]["GPU"] == 0
     assert [q["stage"] for q in out["pools"]][-2:] == ["pair_cpu", "filter"]
+
+
+@pytest.mark.slow
+def test_run_refuses_pools_the_cluster_cannot_place(tmp_path):
+    """`run` joins (here: starts) Ray, sees one GPU-less node, and stops with the field to change
+    instead of waiting forever for an actor Ray can never place. Nothing is generated."""
+    from tests.jobutil import run_cli, write_job
+    job = write_job(tmp_path / "job.yaml", "http://127.0.0.1:9/v1",
+                    stages__filter={"actors": 1, "num_cpus": 0.25, "num_gpus": 1, "batch_size": 4})
+    p = run_cli("run", str(job), "--out", str(tmp_path / "out"), "--no-progress", check=False, timeout=300)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "stages.filter" in p.stderr and "GPU" in p.stderr
+    assert not (tmp_path / "out" / "_commits").exists()
