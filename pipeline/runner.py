@@ -2,8 +2,9 @@
 
     1. resolve the config, write it beside the output, check the output belongs to this job
     2. index the source (one cheap pass); drop shards already committed; delete what a killed run left
-    3. launch the vLLM server when the config asks for one (log kept in OUT/logs/)
-    4. start or join Ray; refuse a job whose actor pools cannot fit the cluster
+    3. start or join Ray (an embedded one gets room for every pool); refuse a job whose actor pools
+       cannot fit the cluster
+    4. launch the vLLM server when the config asks for one (log kept in OUT/logs/)
     5. quantile filter rules: calibrate thresholds on the job's first samples (OUT/calibration.json)
     6. shard numbers → PlanShards → stages → write_parts on the workers; the driver counts the rows
        each shard has received, and when a shard is whole a compaction task makes its final files
@@ -73,7 +74,7 @@ def llm_server(cfg: JobConfig, log_dir: Path):
         yield srv.url
 
 
-def init_ray(cfg: JobConfig):
+def init_ray(cfg: JobConfig, tasks: set[str] | None = None):
     import ray
 
     if ray.is_initialized():
@@ -81,9 +82,19 @@ def init_ray(cfg: JobConfig):
     if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=cfg.ray.address or None, log_to_driver=True)
     else:
-        # Stages mostly wait on the LLM server, so more logical CPUs than cores keeps them all alive.
-        ray.init(num_cpus=cfg.ray.num_cpus or max(4, 2 * (os.cpu_count() or 1)), include_dashboard=False,
+        ray.init(num_cpus=cfg.ray.num_cpus or embedded_cpus(cfg, tasks), include_dashboard=False,
                  log_to_driver=True, logging_level=logging.WARNING)
+
+
+def embedded_cpus(cfg: JobConfig, tasks: set[str] | None) -> int:
+    """Logical CPUs for an embedded Ray: every pool's actors at once (Ray Data waits for them all)
+    plus room for the planner, writer and compaction tasks. More than the cores is fine: the stages
+    mostly wait on the LLM server."""
+    import math
+
+    from pipeline.resources import pool_specs, requirements
+    need = requirements(pool_specs(cfg, tasks if tasks is not None else set(cfg.tasks)))["CPU"]
+    return max(4, 2 * (os.cpu_count() or 1), math.ceil(need + 1.5))
 
 
 def _res(cfg: JobConfig, stage):
@@ -170,12 +181,13 @@ def run_job(cfg: JobConfig, out, *, progress: bool = True, chain: tuple | None =
     t0 = time.time()
     tasks = set(cfg.tasks) | index.source_tasks
     committer = Committer(store, manifest, expected, cfg.output.write_rejects)
-    # 3. LLM server, 4. Ray, 5. calibration, 6. the chain into shards
+    # 3. Ray, and the pools checked against it before anything is started; 4. LLM server,
+    # 5. calibration, 6. the chain into shards
+    init_ray(cfg, tasks)
+    _check_fits(cfg, tasks)
     with llm_server(cfg, _local_dir(store, "logs", cfg)) as url:
         if url:
             cfg.llm.url = url
-        init_ray(cfg)
-        _check_fits(cfg, tasks)
         _quiet_ray_data()
         calibrated = calibrate(cfg, store, index, pending, tasks, progress)
         bar = _bar(summary["samples_run"], progress)
