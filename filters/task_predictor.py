@@ -60,7 +60,10 @@ class MiniLMTaskPredictor:
             return np.zeros((0, len(self.tasks))), self.tasks
         # one at a time: padding to the batch's longest text changes the last bits of every
         # embedding, and a resumed job must reproduce the same probabilities
-        z = embed(instructions, batch_size=1) @ self.coef.T + self.intercept
+        # and one row at a time through the linear layer: BLAS blocks a matrix product by its row
+        # count, so row i of an n-row product differs in the last bits from the same row alone
+        emb = embed(instructions, batch_size=1)
+        z = np.stack([e @ self.coef.T for e in emb]) + self.intercept
         if z.shape[1] == 1:                                   # binary sklearn layout
             z = np.concatenate([-z, z], axis=1)
         z = z - z.max(axis=1, keepdims=True)

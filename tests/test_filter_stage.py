@@ -209,3 +209,17 @@ def test_every_filter_that_applies_to_a_task_runs_on_it():
             want |= {"clipped_frac", "contrast_ratio"}
         assert keys == want, t
     assert set(got) == set(implemented())
+
+
+def test_task_predictor_scores_do_not_depend_on_the_batch():
+    """A resumed job judges a sample in another batch than the first run did; its probability must
+    come out bit for bit the same (the linear layer once differed in the last bits with the batch's
+    row count, and test_resume caught it)."""
+    from filters.task_predictor import build_task_predictor
+    pred = build_task_predictor(JobConfig.model_validate({}).filters.task_predictor)
+    ins = ["Make the photo warmer", "Erase the car on the left", "Turn it into a pencil sketch",
+           "Draw a box around the dog", "Add a red kite to the sky", "Show the depth of the scene",
+           "Give it a watercolour style", "Blur the background"]
+    together, _ = pred.predict_proba(ins)
+    alone = np.concatenate([pred.predict_proba([x])[0] for x in ins])
+    assert np.array_equal(together, alone)
