@@ -5,7 +5,6 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
 EPILOG = """examples:
   pairforge run deploy/profiles/local.yaml --out out/demo     # embedded Ray + vLLM on this machine

@@ -42,10 +42,6 @@ def _balanced_order(p: tuple[float, ...], n: int, seed: int) -> np.ndarray:
 _balanced_cached = functools.lru_cache(maxsize=2)(_balanced_order)
 
 
-def balanced_tasks(names: list[str], p: np.ndarray, n: int, seed: int) -> list[str]:
-    return [names[i] for i in _balanced_order(tuple(p), n, seed)]
-
-
 def _mix(cfg: JobConfig) -> tuple[list[str], np.ndarray]:
     names = sorted(cfg.tasks, key=TASK_IDS.get)
     w = np.array([cfg.tasks[n] for n in names], dtype=float)

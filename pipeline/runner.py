@@ -25,7 +25,7 @@ from pathlib import Path
 
 from pipeline import __version__
 from pipeline.config import REPO_ROOT, JobConfig, JobError
-from pipeline.plan import job_index, n_samples, n_shards, plan_samples, plan_shard, shard_range
+from pipeline.plan import job_index, n_samples, n_shards, plan_shard, shard_range
 from pipeline.shards import TMP, Manifest, as_store, compact_shard
 from pipeline.stages.io import CALIBRATION_DIR, PlanShards, save_calibration, write_parts
 # Imported here, not lazily after ray.init: inside a `ray job submit` driver with an editable install,
@@ -265,7 +265,6 @@ class Committer:
         if self.arrived[k] > self.expected[k]:
             raise RuntimeError(f"shard {k} received {self.arrived[k]} rows, {self.expected[k]} expected")
         if self.arrived[k] == self.expected[k]:
-            import ray
             fut = _compact.remote(self.store.url(), k, self.parts.pop(k), self.expected[k], self.write_rejects)
             self.running[fut] = k
             if len(self.running) >= self.MAX_IN_FLIGHT:

@@ -37,6 +37,7 @@ class SourceIndex:
     # checkpoints[i] = (row number, byte offset, line number, rows before it that name a task)
     checkpoints: list[tuple[int, int, int, int]] = field(default_factory=list)
     row_groups: list[int] = field(default_factory=list)       # parquet: rows per row group
+    group_named: list[int] = field(default_factory=list)      # parquet: rows naming a task, per group
     names: list[str] = field(default_factory=list)            # images: sorted file names
     demo: list = field(default_factory=list)                  # demo: SourceRows
     source_tasks: set[str] = field(default_factory=set)       # tasks that source rows name themselves
@@ -65,9 +66,15 @@ class SourceIndex:
         if self.kind == "demo":
             return sum(1 for r in self.demo[:row] if r.task)
         if self.kind == "parquet":
-            n = 0
-            for r in self._parquet_tasks(0, row):
-                n += bool(r)
+            # whole groups from the index; the rest of the row's own group from its task column
+            n, first = 0, 0
+            for g, size in enumerate(self.row_groups):
+                if first + size > row:
+                    if self.group_named[g] and row > first:
+                        n += sum(bool(r.task) for r in self.rows(first, row))
+                    return n
+                n += self.group_named[g] if self.group_named else 0
+                first += size
             return n
         cp = self._checkpoint(row)
         n = cp[3]
@@ -127,24 +134,6 @@ class SourceIndex:
                         ref = ({"kind": "parquet", "path": self.url, "row": i, "row_group": g, "group_row": j,
                                 "column": cfg.image_column} if has_img else None)
                         yield SourceRow(f"{name}:{i}", r[cfg.caption_column], ref, r.get(cfg.task_column))
-                first += n
-
-    def _parquet_tasks(self, start: int, stop: int) -> Iterator:
-        import pyarrow.parquet as pq
-        from pipeline.config import SourceConfig
-        cfg = SourceConfig.model_validate(self.cfg)
-        store, name = open_source(self.url)
-        with store.open_input(name) as fh:
-            pf = pq.ParquetFile(fh)
-            if cfg.task_column not in pf.schema_arrow.names:
-                return
-            first = 0
-            for g, n in enumerate(self.row_groups):
-                if first >= stop:
-                    break
-                if first + n > start:
-                    col = pf.read_row_group(g, columns=[cfg.task_column]).column(0).to_pylist()
-                    yield from col[max(0, start - first): stop - first]
                 first += n
 
     def _images(self, cfg, start: int, stop: int):
@@ -277,11 +266,12 @@ def _index_parquet(url, store, name, cfg, c) -> SourceIndex:
             raise ValueError(f"{url}: no caption column {cfg.caption_column!r} (columns: {pf.schema_arrow.names})")
         groups = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
         n = sum(groups) if cfg.limit is None else min(sum(groups), cfg.limit)
-        tasks, named, first = set(), 0, 0
+        tasks, per_group, first = set(), [0] * len(groups), 0
         if cfg.task_column in pf.schema_arrow.names:
             for g in range(len(groups)):
                 col = pf.read_row_group(g, columns=[cfg.task_column]).column(0).to_pylist()[: max(0, n - first)]
                 first += groups[g]
-                named += sum(bool(t) for t in col)
+                per_group[g] = sum(bool(t) for t in col)
                 tasks.update(str(t) for t in col if t)
-    return SourceIndex("parquet", n, url=url, row_groups=groups, source_tasks=tasks, n_named=named, cfg=c)
+    return SourceIndex("parquet", n, url=url, row_groups=groups, group_named=per_group, source_tasks=tasks,
+                       n_named=sum(per_group), cfg=c)

@@ -17,7 +17,6 @@ import os
 import posixpath
 import uuid
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow.fs as pafs
 
@@ -117,9 +116,6 @@ class Store:
             return []
         n = len(base.rstrip("/")) + 1
         return sorted(i.path[n:] for i in infos if i.type == pafs.FileType.File)
-
-    def iter_list(self, rel: str = "") -> Iterator[str]:
-        yield from self.list(rel)
 
     # ------------------------------------------------------------------ writing
     def write_bytes(self, rel: str, data: bytes, *, durable: bool = True) -> None:

@@ -4,16 +4,13 @@ run, and a reader polling the output the whole time never sees a partial shard."
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 
 import pyarrow.parquet as pq
 import pytest
 
-from tests.jobutil import ROOT, run_cli, write_job
+from tests.jobutil import run_cli, write_job
 from tests.test_resume import _rows
 
 pytestmark = pytest.mark.slow
