@@ -82,7 +82,7 @@ class MiniLMTaskPredictor:
         if not p.exists():
             raise FileNotFoundError(f"filters.task_predictor.path: {p} not found — train one with "
                                     "`pairforge task-predictor --from OUT`")
-        d = np.load(p)
+        d = np.load(p, allow_pickle=False)     # numbers and strings only: an object array is refused
         return cls(d["coef"], d["intercept"], [str(t) for t in d["tasks"]])
 
 

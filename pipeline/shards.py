@@ -133,29 +133,42 @@ class Manifest:
         self.store.write_json(MANIFEST, self.data)
 
     # ---------------------------------------------------------------- commits
-    def committed(self) -> set[int]:
-        """Shards with a commit record (a cut-off record is not one: see ``entry``)."""
+    def recorded(self) -> set[int]:
+        """Shards with a commit record file, whole or not (a listing: no record is read)."""
         ks = {int(k) for k in self._legacy}
         for name in self.store.list(COMMITS):
-            if name.startswith("shard-") and name.endswith(".json"):
+            if name.startswith("shard-") and name.endswith(".json") and name[6:-5].isdigit():
                 ks.add(int(name[6:-5]))
         return ks
 
+    def committed(self) -> set[int]:
+        """Shards with a whole commit record (a cut-off or malformed record is not one: see ``entry``).
+        Whether the files it names are there at their size is checked by ``clean_uncommitted``
+        (every run, before it skips a shard); whether they hash to its sha256s by ``pairforge verify``."""
+        return {k for k, _ in self.iter_entries()}
+
     def entry(self, k: int) -> dict | None:
         if str(k) in self._legacy:
-            return self._legacy[str(k)]
-        try:
-            return self.store.read_json(commit_name(k))
-        except FileNotFoundError:
+            e = self._legacy[str(k)]
+        else:
+            try:
+                e = self.store.read_json(commit_name(k))
+            except FileNotFoundError:
+                return None
+            except ValueError:          # truncated, empty or not UTF-8: an interrupted write
+                e = None
+        problem = "not JSON (cut off)" if e is None else entry_problem(k, e)
+        if problem:
+            # no commit: the next run deletes the record and makes the shard again
+            log.warning("commit record %s is cut off or malformed (%s); shard %d counts as not committed",
+                        commit_name(k), problem, k)
             return None
-        except ValueError:
-            # cut off (an interrupted write): no commit; the next run deletes it and makes the shard
-            log.warning("commit record %s is cut off; shard %d counts as not committed", commit_name(k), k)
-            return None
+        return e
 
     def iter_entries(self) -> Iterator[tuple[int, dict]]:
-        """(shard, commit record) in shard order, one record in memory at a time."""
-        for k in sorted(self.committed()):
+        """(shard, commit record) in shard order, one record in memory at a time; records that are
+        cut off or malformed are left out."""
+        for k in sorted(self.recorded()):
             e = self.entry(k)
             if e is not None:
                 yield k, e
@@ -169,13 +182,25 @@ class Manifest:
         """O(1) whatever the job size: one small record, written atomically and fsynced."""
         self.store.write_json(commit_name(k), entry)
 
-    def clean_uncommitted(self) -> list[str]:
-        """Delete what a killed run left: final files without a commit record, and all part files.
-        Returns the relative paths removed."""
+    def clean_uncommitted(self, *, check_hashes: bool = False) -> list[str]:
+        """Delete what a killed run (or a power cut) left: commit records that are cut off,
+        malformed or name files that are missing or differ from their size (those shards are made
+        again), final files without a whole record, and all part files. Returns the paths removed.
+
+        Sizes come from one listing of data/ and rejects/, so a resume costs O(shards) metadata,
+        not a read of the output: a file is fsynced and renamed into place before its record is
+        written, so a whole record names whole files. ``check_hashes`` also streams every file
+        through sha256 (what `pairforge verify` does), for a disk that may have lost data."""
         keep, removed = set(), []
-        for k in sorted(self.committed()):
+        sizes = {f"{sub}/{n}": b for sub in ("data", "rejects") for n, b in self.store.sizes(sub).items()}
+        for k in sorted(self.recorded()):
             e = self.entry(k)
-            if e is None:                       # a cut-off record: the shard is made again
+            bad = None if e is None else self._files_problem(e, check_hashes, sizes)
+            if e is None or bad:                # the shard is made again
+                if bad:
+                    log.warning("commit record %s: %s; shard %d counts as not committed", commit_name(k), bad, k)
+                if str(k) in self._legacy:      # format 1: dropped from the header on conversion
+                    self._legacy.pop(str(k))
                 self.store.delete(commit_name(k))
                 removed.append(commit_name(k))
                 continue
@@ -191,11 +216,59 @@ class Manifest:
             if name.startswith(".tmp-"):
                 self.store.delete(f"{COMMITS}/{name}")
                 removed.append(f"{COMMITS}/{name}")
+        for name in self.store.list(""):       # cut-off atomic writes of manifest.json and friends
+            if name.startswith(".tmp-"):
+                self.store.delete(name)
+                removed.append(name)
         tmp = self.store.list(TMP, recursive=True)
         if tmp:
             removed += [f"{TMP}/{n}" for n in tmp]
             self.store.delete_dir(TMP)
         return removed
+
+    def _files_problem(self, e: dict, check_hashes: bool, sizes: dict[str, int]) -> str | None:
+        """Why the files a (well-formed) record names are not what it says, or None."""
+        for f in e["files"].values():
+            path = f["path"]
+            size = sizes.get(path)
+            if size is None:
+                return f"{path} missing"
+            if size != f["bytes"]:
+                return f"{path} has {size} bytes, the record says {f['bytes']}"
+            if check_hashes and sha256_file(path, self.store) != f["sha256"]:
+                return f"{path} differs from the record's sha256"
+        return None
+
+
+_ENTRY_COUNTS = ("samples", "accepted", "rejected")
+_ENTRY_MAPS = ("tasks_accepted", "tasks_rejected", "reject_reasons")
+
+
+def entry_problem(k: int, e) -> str | None:
+    """What makes ``e`` not a whole commit record of shard k, or None: a field every reader uses
+    missing or of the wrong type (what a record cut off and then "repaired" into JSON looks like).
+    Only the record is looked at; whether its counts match its files is ``pairforge verify``'s job."""
+    def count(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    if not isinstance(e, dict):
+        return f"a {type(e).__name__}, not an object"
+    for key in _ENTRY_COUNTS:
+        if not count(e.get(key)):
+            return f"{key!r} missing or not a count"
+    for key in _ENTRY_MAPS:
+        m = e.get(key)
+        if not isinstance(m, dict) or not all(isinstance(t, str) and count(n) for t, n in m.items()):
+            return f"{key!r} missing or not a map of counts"
+    files = e.get("files")
+    if not isinstance(files, dict):
+        return "'files' missing or not a map"
+    for sub, f in files.items():
+        if not (isinstance(f, dict) and isinstance(f.get("path"), str) and f["path"]
+                and count(f.get("rows")) and count(f.get("bytes")) and isinstance(f.get("sha256"), str)
+                and len(f["sha256"]) == 64 and all(c in "0123456789abcdef" for c in f["sha256"])):
+            return f"files.{sub}: path, rows, bytes or sha256 missing or malformed"
+    return None
 
 
 # -------------------------------------------------------------------- workers: parts and compaction
@@ -325,7 +398,7 @@ class ShardWriter:
                 self.store.delete_dir(f"{TMP}/shard-{k:05d}")
                 self.committed_now.append(k)
                 done.append(k)
-        if self.manifest.data and len(self.manifest.committed()) == self.manifest.data["n_shards"]:
+        if done and self.manifest.data and len(self.manifest.committed()) == self.manifest.data["n_shards"]:
             self.manifest.mark_complete(totals_of(self.manifest))
         return done
 

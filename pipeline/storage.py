@@ -17,6 +17,7 @@ import os
 import posixpath
 import uuid
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import pyarrow.fs as pafs
 
@@ -69,11 +70,13 @@ class Store:
         return posixpath.join(self.root, rel) if rel else self.root
 
     def url(self, rel: str = "") -> str:
-        """A string a user (or another Store) can open: local path or URI with its query."""
+        """A string a user (or another Store) can open: local path or URI with its query. In a URI
+        ``rel`` is percent-encoded (pyarrow decodes URI paths), so a name holding a space, '?', '#',
+        '%' or non-ASCII letters names that same object again."""
         if self.local:
             return self.path(rel)
         base, q = _split_query(self.uri)
-        return (posixpath.join(base.rstrip("/"), rel) if rel else base) + q
+        return (posixpath.join(base.rstrip("/"), quote(rel, safe="/")) if rel else base) + q
 
     def child(self, rel: str) -> "Store":
         s = Store.__new__(Store)
@@ -112,10 +115,25 @@ class Store:
         base = self.path(rel)
         try:
             infos = self.fs.get_file_info(pafs.FileSelector(base, allow_not_found=True, recursive=recursive))
+            n = len(base.rstrip("/")) + 1
+            return sorted(i.path[n:] for i in infos if i.type == pafs.FileType.File)
         except FileNotFoundError:
             return []
+        except UnicodeDecodeError:
+            if not self.local:
+                raise
+            return _os_list(base, recursive)       # a local name that is not UTF-8: pyarrow cannot list it
+
+    def sizes(self, rel: str = "") -> dict[str, int]:
+        """Name → size in bytes of the files directly under ``rel``: one listing (one request on an
+        object store), not one per file."""
+        base = self.path(rel)
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+        except FileNotFoundError:
+            return {}
         n = len(base.rstrip("/")) + 1
-        return sorted(i.path[n:] for i in infos if i.type == pafs.FileType.File)
+        return {i.path[n:]: i.size for i in infos if i.type == pafs.FileType.File}
 
     # ------------------------------------------------------------------ writing
     def write_bytes(self, rel: str, data: bytes, *, durable: bool = True) -> None:
@@ -123,6 +141,11 @@ class Store:
         dest = self.path(rel)
         if self.local:
             d = os.path.dirname(dest)
+            created = []                        # folders this write makes: their entries need an fsync too
+            p = d
+            while not os.path.isdir(p) and os.path.dirname(p) != p:
+                created.append(p)
+                p = os.path.dirname(p)
             os.makedirs(d, exist_ok=True)
             tmp = os.path.join(d, f".tmp-{os.path.basename(dest)}-{uuid.uuid4().hex[:8]}")
             try:
@@ -137,7 +160,9 @@ class Store:
                     os.unlink(tmp)
                 raise
             if durable:
-                _fsync_dir(d)
+                _fsync_dir(d)                   # the rename: the record's own folder
+                for c in created:               # and the entries of folders made for it
+                    _fsync_dir(os.path.dirname(c))
             return
         parent = posixpath.dirname(dest)
         with _suppress():
@@ -164,6 +189,18 @@ class Store:
             self.fs.create_dir(self.path(rel), recursive=True)
 
 
+def _os_list(base: str, recursive: bool) -> list[str]:
+    """Local file names under ``base`` through ``os`` (a name that is not UTF-8 comes back with
+    surrogate escapes, as Python spells it), sorted like ``Store.list``."""
+    out = []
+    for d, _, files in os.walk(base):
+        rel = os.path.relpath(d, base)
+        out += [f if rel == "." else posixpath.join(rel.replace(os.sep, "/"), f) for f in files]
+        if not recursive:
+            break
+    return sorted(out)
+
+
 class _suppress:
     """Ignore 'not there' and similar on cleanup paths (pyarrow raises OSError subclasses)."""
 
@@ -179,6 +216,53 @@ def open_source(path: str) -> tuple[Store, str]:
     if is_uri(path):
         base, q = _split_query(path)
         parent, name = base.rstrip("/").rsplit("/", 1)
-        return Store(parent + q), name
+        return Store(parent + q), unquote(name)        # the URI's name is percent-encoded (Store.url)
     p = Path(path).resolve()
     return Store(p.parent), p.name
+
+
+def _location(p: str | os.PathLike) -> tuple:
+    """Where ``p`` lives, as comparable parts: local paths absolute with symlinks resolved and
+    '..' and trailing slashes gone; URIs as (scheme, endpoint, bucket, key parts), query dropped."""
+    from urllib.parse import parse_qs, urlsplit
+
+    s = str(getattr(p, "uri", p))             # a Store: its URI or path
+    if is_uri(s) and not s.lower().startswith("file://"):
+        u = urlsplit(s)
+        endpoint = (parse_qs(u.query).get("endpoint_override") or [""])[0].lower()
+        key = [c for c in posixpath.normpath("/" + unquote(u.path)).split("/") if c]
+        return (u.scheme.lower(), endpoint, u.netloc.lower(), *key)
+    if s.lower().startswith("file://"):
+        s = unquote(urlsplit(s).path)
+    real = os.path.realpath(os.path.abspath(os.path.expanduser(s)))
+    return ("file", "", "", *[c for c in real.split(os.sep) if c])
+
+
+def _contains(outer: tuple, inner: tuple) -> bool:
+    if outer[:2] != inner[:2] and outer[1] and inner[1]:      # two endpoints named: two stores
+        return False
+    o, i = (outer[0], *outer[2:]), (inner[0], *inner[2:])
+    return len(i) >= len(o) and i[:len(o)] == o
+
+
+def check_apart(source: str | os.PathLike | None, output, *, source_field: str = "source.path",
+                output_field: str = "output.path (or --out)") -> None:
+    """Refuse (JobError) an output folder inside the source, a source inside the output, or the
+    two the same: the job would read its own output as source rows. Paths are compared resolved
+    (symlinks, '..', trailing slashes), URIs by scheme, bucket and key; ``/data/imgs2`` is not
+    inside ``/data/imgs``. A source without a path (the demo) passes."""
+    if source is None or str(source) == "":
+        return
+    from pipeline.config import JobError
+
+    src, out = _location(source), _location(output)
+    out_s = str(getattr(output, "uri", output))
+    if _contains(src, out) and _contains(out, src):
+        raise JobError(f"{output_field} {out_s!r} and {source_field} {str(source)!r} are the same "
+                       "folder: the job would read its own output as source; use another output folder")
+    if _contains(src, out):
+        raise JobError(f"{output_field} {out_s!r} is inside {source_field} {str(source)!r}: the job would "
+                       "read its own output as source; use an output folder outside the source")
+    if _contains(out, src):
+        raise JobError(f"{source_field} {str(source)!r} is inside {output_field} {out_s!r}: the output "
+                       "folder would hold (and clean up) the source; use an output folder apart from it")

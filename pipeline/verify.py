@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from pipeline.schema import RECORD_SCHEMA, sample_id
-from pipeline.shards import Manifest, as_store, sha256_file, shard_name
+from pipeline.shards import Manifest, as_store, commit_name, sha256_file, shard_name
 
 COLUMNS = ["id", "source_id", "task", "attempt", "status", "sample_index", "provenance.planned_task"]
 
@@ -51,8 +51,11 @@ def verify(out) -> list[str]:
     named = bytearray(n_shards)
     odd_paths: set[str] = set()
     n_committed = 0
+    whole = bytearray(n_shards)                 # shards whose record reads whole
     for k, e in m.iter_entries():
         n_committed += 1
+        if k < n_shards:
+            whole[k] = 1
         tasks = {"data": Counter(), "rejects": Counter()}
         indices: Counter = Counter()            # data + rejects of this shard: at most N keys
         for sub, f in e["files"].items():
@@ -73,6 +76,12 @@ def verify(out) -> list[str]:
             problems.append(f"shard {k}: accepted per-task counts {dict(tasks['data'])} != manifest {e['tasks_accepted']}")
         if "rejects" in e["files"] and dict(tasks["rejects"]) != e["tasks_rejected"]:
             problems.append(f"shard {k}: rejected per-task counts differ from the manifest")
+    for k in sorted(m.recorded()):
+        if k >= n_shards:
+            problems.append(f"{commit_name(k)}: a commit record for shard {k}, outside the job's {n_shards} shards")
+        elif not whole[k]:
+            problems.append(f"{commit_name(k)}: commit record cut off or malformed (shard {k} is not "
+                            "committed; rerunning the job makes it again)")
     if not m.complete:
         problems.insert(0, f"job incomplete: {n_committed}/{n_shards} shards committed")
     for sub, bit in (("data", 1), ("rejects", 2)):

@@ -152,7 +152,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, invert_task: str | None = N
     if resume and not invert_task:
         ck = _latest_checkpoint(out)
         if ck is not None:
-            acc.load_state(str(ck / "train_state"))
+            load_train_state(acc, ck / "train_state")
             if ema is not None:     # accelerate restores registered objects on the CPU (found on a GPU)
                 ema.to(acc.device)
             state = json.loads((ck / "train_state" / "progress.json").read_text())
@@ -227,6 +227,23 @@ def train(cfg: TrainConfig, *, resume: bool = False, invert_task: str | None = N
     if acc.is_main_process:
         (out / "final" / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def load_train_state(acc, path: Path) -> None:
+    """``acc.load_state``, except that the registered objects (lr schedule, EMA) are read with
+    ``torch.load(weights_only=True)``: accelerate reads them with weights_only=False, which runs
+    whatever a ``custom_checkpoint_N.pkl`` pickles (the model and optimizer it already reads safely).
+    Their files hold state dicts of tensors and numbers, so nothing a real checkpoint needs is lost."""
+    from unittest import mock
+
+    import accelerate.accelerator as accelerator_module
+
+    def load_custom_state(obj, input_dir, index: int = 0) -> None:
+        f = Path(input_dir) / f"custom_checkpoint_{index}.pkl"
+        obj.load_state_dict(torch.load(f, map_location="cpu", weights_only=True))
+
+    with mock.patch.object(accelerator_module, "load_custom_state", load_custom_state):
+        acc.load_state(str(path))
 
 
 def _ids(em: EditModel, batch: dict, invert_task: str | None) -> torch.Tensor:

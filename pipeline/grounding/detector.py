@@ -196,7 +196,7 @@ def decode(prob: np.ndarray, boxes_cxcywh: np.ndarray, phrase_tokens: list[tuple
 
 
 def _is_pth(spec: str) -> bool:
-    return spec.endswith((".pth", ".pt"))
+    return spec.endswith((".pth", ".pt", ".safetensors"))     # a groundingdino-py checkpoint file
 
 
 def build_detector(spec: str, cfg=None) -> Detector:

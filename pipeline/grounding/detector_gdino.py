@@ -14,7 +14,9 @@ runs the same build code; a tiny model saved as ``{"model": state_dict}`` loads 
 """
 from __future__ import annotations
 
+import argparse
 import logging
+import re
 from pathlib import Path
 
 
@@ -51,15 +53,43 @@ def build_from_config(config_py: str, text_encoder_dir: str):
     return model.eval()
 
 
-def load_checkpoint(checkpoint: str, config_py: str, text_encoder_dir: str):
+# What a groundingdino-py .pth may hold besides tensors, dicts, lists and numbers: the DINO-family
+# training scripts save their argparse arguments beside the weights ({"model": ..., "args":
+# Namespace(...)}). Rebuilt as plain attribute bags, never called; nothing else is allowed.
+SAFE_GLOBALS = (argparse.Namespace,)
+
+
+def read_checkpoint(checkpoint: str) -> dict:
+    """The checkpoint's tensors without running its pickle: a .safetensors file, or a .pth read
+    with ``torch.load(weights_only=True)`` and the small allowlist above. Anything else in the
+    pickle (a class or function it would call) is refused with the way to convert it."""
+    import pickle
+
     import torch
-    _, _, clean_state_dict, _ = gdino_compat.load()
-    model = build_from_config(config_py, text_encoder_dir)
+    if checkpoint.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        return load_file(checkpoint, device="cpu")
     try:
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception:                       # released checkpoints pickle more than tensors
-        log.warning("models.detector: %s is not a plain-tensor checkpoint; loading it with pickle", checkpoint)
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+            return torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        m = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        why = f"it would call {m.group(1)}" if m else next(
+            (ln.strip() for ln in str(e).splitlines() if "WeightsUnpickler" in ln), "not a weights-only pickle")
+        stem = str(Path(checkpoint).with_suffix(""))
+        raise ValueError(
+            f"models.detector: {checkpoint} pickles more than tensors ({why}); it is not loaded, since "
+            "unpickling it could run code. If you trust the file, convert it once to safetensors and "
+            f"set models.detector to that file:\n  python -c \"import torch; from safetensors.torch import "
+            f"save_file; c = torch.load('{checkpoint}', map_location='cpu', weights_only=False); "
+            f"save_file({{k: v.contiguous().clone() for k, v in c.get('model', c).items()}}, "
+            f"'{stem}.safetensors')\"") from None
+
+
+def load_checkpoint(checkpoint: str, config_py: str, text_encoder_dir: str):
+    _, _, clean_state_dict, _ = gdino_compat.load()
+    ckpt = read_checkpoint(checkpoint)      # first: a file that cannot be read safely builds nothing
+    model = build_from_config(config_py, text_encoder_dir)
     state = clean_state_dict(ckpt["model"] if "model" in ckpt else ckpt)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith(_OPTIONAL_KEYS)]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -56,8 +58,34 @@ def _easyocr_reader(model_dir: str, languages: tuple[str, ...], gpu: bool):
     process (or the stages a test builds) share it instead of loading 100 MB of weights again."""
     import easyocr
 
-    return easyocr.Reader(list(languages), gpu=gpu, model_storage_directory=model_dir,
-                          user_network_directory=model_dir, download_enabled=False, verbose=False)
+    with _weights_only_torch_load():
+        return easyocr.Reader(list(languages), gpu=gpu, model_storage_directory=model_dir,
+                              user_network_directory=model_dir, download_enabled=False, verbose=False)
+
+
+_LOAD_LOCK = threading.Lock()
+
+
+@contextmanager
+def _weights_only_torch_load():
+    """EasyOCR reads its .pth files with ``torch.load(weights_only=False)``, which runs whatever the
+    pickle says, and ``text.ocr_model_dir`` is the user's folder. While the reader is built, every
+    torch.load reads tensors only (its two files are plain state dicts); a file that pickles
+    anything else fails to load instead of running."""
+    import torch
+
+    with _LOAD_LOCK:
+        real = torch.load
+
+        def load(*args, **kwargs):
+            kwargs["weights_only"] = True
+            return real(*args, **kwargs)
+
+        torch.load = load
+        try:
+            yield
+        finally:
+            torch.load = real
 
 
 class OcrReader:
