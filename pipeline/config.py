@@ -66,6 +66,8 @@ class LaunchConfig(_Strict):
     max_model_len: int = Field(4096, ge=256, description="Context length the server allocates (prompt + answer); "
                                "the fixed 100%-exemplar prompts need more than 2048 tokens.")
     extra_args: list[str] = Field(default_factory=list, description="Extra arguments for vllm's api_server.")
+    restarts: int = Field(5, ge=0, le=100, description="Times the job restarts its server when it dies "
+                          "(the stages wait for it meanwhile); one more death stops the job.")
 
 
 class LLMConfig(_Strict):
@@ -87,6 +89,9 @@ class LLMConfig(_Strict):
     retries: int = Field(2, ge=0, le=10, description="Extra attempts (new seed) after an invalid answer before the sample is rejected.")
     concurrency: int = Field(16, ge=1, le=1024, description="Requests in flight per actor.")
     timeout_s: float = Field(120, gt=0, description="Per-request timeout.")
+    wait_s: float = Field(600, gt=0, description="How long the job waits for an unreachable server (down, "
+                          "restarting, overloaded) before it stops with its shards uncommitted; a rerun "
+                          "goes on from there.")
     keep_fraction: float = Field(0.6, gt=0, le=1, description="Fraction of exemplars kept in each prompt (paper: 60%).")
     shuffle_exemplars: bool = Field(True, description="Shuffle the exemplars of each prompt (off: file order, the fixed-prompt baseline).")
     swap_verbs: bool = Field(True, description="Swap the verbs inside exemplar instructions within the task's verb set.")
@@ -153,6 +158,20 @@ class OutputConfig(_Strict):
     write_rejects: bool = Field(True, description="Write rejected samples to rejects/ with their reason.")
     image_format: Literal["png"] = Field("png", description="Encoding of stored images.")
     max_side: int = Field(512, ge=32, le=4096, description="Input images are resized so the longer side is at most this.")
+    max_source_pixels: int = Field(8192 * 8192, ge=1_000_000, le=178_956_970, description=(
+        "Source images with more pixels than this (width × height, read from the file's header before "
+        "anything is decoded) are rejected as 'image_too_large': a decompression bomb cannot take the "
+        "load stage's memory. The default (67.1 MP = 8192²) loads every ordinary camera photo; the "
+        "upper bound is where PIL itself refuses an image."))
+
+
+class RetryConfig(_Strict):
+    """Transient failures (out of memory, a storage or network error, a dead actor) are retried
+    with exponential backoff; what still fails stops the job, never becomes a reject."""
+    attempts: int = Field(6, ge=1, le=50, description="Tries of a batch that fails for a transient cause "
+                          "(after out of memory, once its batch is down to one row).")
+    base_s: float = Field(1.0, ge=0, description="First backoff; each next one doubles.")
+    max_s: float = Field(60.0, ge=0, description="Longest single backoff.")
 
 
 class RayConfig(_Strict):
@@ -198,6 +217,7 @@ class JobConfig(_Strict):
     filters: FilterConfig = Field(default_factory=FilterConfig, description="Quality filters.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Shards and manifest.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray connection.")
+    retry: RetryConfig = Field(default_factory=RetryConfig, description="Backoff for transient failures.")
     models: ModelsConfig = Field(default_factory=ModelsConfig, description="Vision model checkpoints by role.")
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig, description="Diffusion generators: steps, "
                                        "candidates, resolution, recipe parameter ranges (checkpoints: models.text_to_image / models.inpaint).")
@@ -232,8 +252,9 @@ class JobConfig(_Strict):
         d["output_layout"] = {"rows_per_shard": self.output.rows_per_shard, "max_side": self.output.max_side}
         d.pop("ray", None)
         d.pop("stages", None)
+        d.pop("retry", None)
         d["filters"].pop("calibrated", None)    # derived from the job's own scores, saved beside it
-        for k in ("url", "launch", "concurrency", "timeout_s", "cache_dir", "api_key", "cache"):
+        for k in ("url", "launch", "concurrency", "timeout_s", "wait_s", "cache_dir", "api_key", "cache"):
             d["llm"].pop(k, None)     # where answers come from and how fast, not what they are
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 

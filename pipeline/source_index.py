@@ -17,12 +17,18 @@ before it.
 from __future__ import annotations
 
 import json
+import logging
+import re
 from bisect import bisect_right
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import Iterator
+from urllib.parse import unquote
 
 from pipeline.storage import Store, is_uri, open_source
+
+log = logging.getLogger("pairforge.source")
 
 STRIDE = 4096          # rows between two checkpoints: a worker reads at most this many rows it skips
 _CHUNK = 1 << 20
@@ -43,10 +49,17 @@ class SourceIndex:
     source_tasks: set[str] = field(default_factory=set)       # tasks that source rows name themselves
     n_named: int = 0                                          # rows that name their own task
     cfg: dict = field(default_factory=dict)                   # the SourceConfig, as JSON
+    # images: what was wrong with captions.jsonl (counts per kind + at most 5 examples), {} if nothing
+    caption_issues: dict = field(default_factory=dict)
 
     # ------------------------------------------------------------------ reading
     def rows(self, start: int, stop: int) -> Iterator:
-        """SourceRows start … stop−1 (clipped to the source)."""
+        """SourceRows start … stop−1 (clipped to the source), captions cleaned and checked
+        (``pipeline.captions``: a caption that tries to steer the LLM makes an error row)."""
+        for r in self._raw_rows(start, stop):
+            yield _checked(r)
+
+    def _raw_rows(self, start: int, stop: int) -> Iterator:
         from pipeline.config import SourceConfig
         stop = min(stop, self.n_rows)
         if start >= stop:
@@ -141,7 +154,15 @@ class SourceIndex:
         folder = Store(self.url)
         captions = _folder_captions(self.url, cfg.caption_column, cfg.task_column)
         for name in self.names[start:stop]:
+            if not _is_utf8(name):          # a local name that is not UTF-8 cannot be stored or matched
+                sid = f"{PurePosixPath(folder.root).name}/{name}"
+                yield SourceRow(sid.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"), None,
+                                error="bad_file_name: the file name is not valid UTF-8")
+                continue
             known = captions.get(name)
+            if known is not None and known.error:           # conflicting or broken captions.jsonl entries
+                yield SourceRow(f"{PurePosixPath(folder.root).name}/{name}", None, error=known.error)
+                continue
             side = name.rsplit(".", 1)[0] + ".txt"
             if known:
                 cap = known.caption
@@ -154,15 +175,58 @@ class SourceIndex:
 
 
 _CAPTIONS: dict = {}
+_IMAGE_KEY = re.compile(rb'"image"\s*:\s*("(?:[^"\\]|\\.)*")')      # the "image" of a line that is not JSON
 
 
-def _folder_captions(url: str, caption_col: str, task_col: str) -> dict:
-    """captions.jsonl of an image folder by file name, read once per worker process."""
+class FolderCaptions(dict):
+    """File name → SourceRow from an image folder's captions.jsonl. A file named by two entries
+    that disagree, or by a line that is not valid JSON, maps to a row with ``error`` set
+    (``conflicting_captions`` / ``bad_source_row``) naming the line numbers (1-based), so that
+    image is a counted reject instead of silently taking one of them. ``issues``: counts per kind
+    (bad_lines, conflicts, no_image) and at most 5 examples; {} when the file is clean."""
+    issues: dict
+
+
+def _checked(r):
+    """A source row with its caption cleaned; a caption that tries to steer the LLM → error row."""
+    from pipeline.captions import clean_caption, injection_issue
+    if r.error or not isinstance(r.caption, str):
+        return r
+    cap = clean_caption(r.caption)
+    why = injection_issue(cap)
+    if why:
+        return replace(r, caption=cap, error=f"caption_injection: {why}")
+    return r if cap == r.caption else replace(r, caption=cap)
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _ref_name(path: str) -> str:
+    return PurePosixPath(unquote(path.partition("?")[0]) if is_uri(path) else path).name
+
+
+def _folder_captions(url: str, caption_col: str, task_col: str) -> FolderCaptions:
+    """captions.jsonl of an image folder by file name, read once per worker process (see
+    ``FolderCaptions``). Two entries for one file that agree (after caption cleaning) are one."""
     key = (url, caption_col, task_col)
     if key not in _CAPTIONS:
-        from pipeline.sources import jsonl_row
+        from pipeline.captions import clean_caption
+        from pipeline.sources import SourceRow, jsonl_row
         folder = Store(url)
-        out = {}
+        out, line_of, broken, conflicts = FolderCaptions(), {}, {}, {}
+        counts, examples = Counter(), []
+
+        def note(kind: str, msg: str) -> None:
+            counts[kind] += 1
+            if len(examples) < 5:
+                examples.append(msg)
+
         if folder.exists("captions.jsonl"):
             with folder.open_input("captions.jsonl") as f:
                 for i, line in enumerate(_iter_lines(f)):
@@ -170,9 +234,33 @@ def _folder_captions(url: str, caption_col: str, task_col: str) -> dict:
                     if not text.strip():
                         continue
                     r = jsonl_row(text, f"captions.jsonl:{i}", caption_col, task_col, folder.url())
-                    if r.image_ref:
-                        p = r.image_ref["path"]
-                        out[PurePosixPath(p.partition("?")[0] if is_uri(p) else p).name] = r
+                    if r.error:
+                        note("bad_lines", f"captions.jsonl line {i + 1}: {r.error.partition(': ')[2]}")
+                        m = _IMAGE_KEY.search(line)
+                        try:
+                            name = PurePosixPath(json.loads(m.group(1))).name if m else None
+                        except ValueError:
+                            name = None
+                        if name:
+                            broken.setdefault(name, i + 1)
+                        continue
+                    if not r.image_ref:
+                        note("no_image", f"captions.jsonl line {i + 1}: no \"image\"")
+                        continue
+                    name = _ref_name(r.image_ref["path"])
+                    if name not in out:
+                        out[name], line_of[name] = r, i + 1
+                    elif name not in conflicts and ((clean_caption(out[name].caption), out[name].task)
+                                                    != (clean_caption(r.caption), r.task)):
+                        conflicts[name] = (line_of[name], i + 1)
+                        note("conflicts", f"captions.jsonl lines {line_of[name]} and {i + 1} disagree on {name!r}")
+        for name, n in broken.items():
+            out[name] = SourceRow(f"captions.jsonl:{n - 1}", None, error=f"bad_source_row: captions.jsonl line {n} "
+                                  f"names this image but is not valid JSON")
+        for name, (a, b) in conflicts.items():
+            out[name] = SourceRow(f"captions.jsonl:{a - 1}", None, error=f"conflicting_captions: captions.jsonl "
+                                  f"lines {a} and {b} give {name!r} different captions")
+        out.issues = {**dict(counts), "examples": examples} if counts else {}
         _CAPTIONS.clear()
         _CAPTIONS[key] = out
     return _CAPTIONS[key]
@@ -218,12 +306,21 @@ def build_index(cfg, tasks: set[str] | None = None) -> SourceIndex:
             raise FileNotFoundError(f"source.path {path!r} does not exist")
         if not folder.is_dir():
             raise ValueError(f"source.path {path!r} must be a folder for kind 'images'")
-        names = [n for n in folder.list() if n != "captions.jsonl" and not n.endswith(".txt") and not n.startswith(".")]
-        names = names[:limit] if limit is not None else names
+        all_names = [n for n in folder.list() if n != "captions.jsonl" and not n.endswith(".txt") and not n.startswith(".")]
+        names = all_names[:limit] if limit is not None else all_names
         caps = _folder_captions(folder.url(), cfg.caption_column, cfg.task_column)
         named = [caps[n].task for n in names if n in caps and caps[n].task]
+        listed = set(all_names)
+        unmatched = sum(n not in listed for n in caps)          # entries for files not in the folder
+        issues = {k: v for k, v in caps.issues.items() if k != "examples"} | ({"unmatched": unmatched} if unmatched else {})
+        if issues:
+            issues["examples"] = caps.issues.get("examples", [])
+        if issues:
+            log.warning("%s/captions.jsonl: %s (e.g. %s)", path,
+                        ", ".join(f"{k} {v}" for k, v in issues.items() if k != "examples"),
+                        "; ".join(issues["examples"][:3]) or "-")
         return SourceIndex("images", len(names), url=folder.url(), names=names, source_tasks=set(named),
-                           n_named=len(named), cfg=c)
+                           n_named=len(named), cfg=c, caption_issues=issues)
     store, name = open_source(path)
     if not store.exists(name):
         raise FileNotFoundError(f"source.path {path!r} does not exist")

@@ -131,7 +131,10 @@ def compute_stats(out) -> dict:
             "complete": m.complete, "shards_committed": n_records,
             "shards_total": m.data.get("n_shards"), "samples": total, "accepted": acc,
             "acceptance": round(acc / total, 4) if total else 0.0,
-            "instruction_writers": dict(backends), "tasks": tasks}
+            "instruction_writers": dict(backends), "tasks": tasks,
+            # an image folder's captions.jsonl lines that made no row (not JSON, no "image", a file not
+            # in the folder) or disagreed: recorded in the manifest header by the job (SourceIndex)
+            "caption_issues": m.data.get("caption_issues") or {}}
 
 
 def _add_row(t: dict, r: dict, backends: Counter) -> None:
@@ -181,6 +184,10 @@ def format_stats(s: dict) -> str:
                     L.append(f"  {k:<28} mean {v['mean']:<8} min {v['min']:<8} max {v['max']:<8} n={v['n']}")
                 else:
                     L.append(f"  {k:<28} " + ", ".join(f"{a}×{b}" for a, b in v.items()))
+    ci = s.get("caption_issues") or {}
+    if ci:
+        L += ["", "captions.jsonl issues: " + ", ".join(f"{k} {v}" for k, v in ci.items() if k != "examples")]
+        L += [f"  {e}" for e in ci.get("examples", [])]
     if s["instruction_writers"]:
         L += ["", "instructions written by: " + ", ".join(f"{k} ({v})" for k, v in s["instruction_writers"].items())]
     return "\n".join(L)

@@ -30,13 +30,14 @@ def test_bad_inputs_are_counted_rejects_and_the_job_finishes(vllm_url, bad_input
     s = stats(out)
     reasons = s["tasks"]["color"]["reject_reasons"]
     assert s["samples"] == 12
-    assert reasons.get("load:bad_image") == 4                 # truncated PNG and a text file, ×2 repeats
+    assert reasons.get("load:truncated_image") == 2           # truncated PNG, ×2 repeats
+    assert reasons.get("load:not_an_image") == 2              # a text file named .png, ×2 repeats
     assert reasons.get("instruct:empty_caption") == 2
     assert reasons.get("instruct:caption_too_long") == 2
     assert s["accepted"] + sum(reasons.values()) == 12         # nothing lost silently
     rej = pq.read_table(out / "rejects").to_pylist()
-    bad = [r for r in rej if r["reject_reason"] == "bad_image"]
-    assert all(r["reject_detail"] for r in bad)               # the reason says what was wrong
+    bad = [r for r in rej if r["reject_stage"] == "load"]
+    assert len(bad) == 4 and all(r["reject_detail"] for r in bad)   # the detail says what was wrong
     assert run_cli("verify", str(out)).returncode == 0
 
 
