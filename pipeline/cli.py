@@ -48,8 +48,12 @@ def cmd_run(a) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = a.out or cfg.output.path            # a path or a URI (s3://…): never through Path
+    from pipeline.runner import JobStopped
     try:
         summary = run_job(cfg, out, progress=not a.no_progress)
+    except JobStopped as e:       # a server, the GPU or storage failed for longer than the retries
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     except JobError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -171,7 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    r = sub.add_parser("run", help="run a generation job (embedded Ray, or the cluster under `ray job submit`)")
+    r = sub.add_parser("run", help="run a generation job (embedded Ray, or the cluster under `ray job submit`)",
+                       epilog="exit status: 0 done; 2 bad job file or setup; 3 stopped because a server, the GPU or "
+                       "storage failed for longer than the retries (llm.wait_s, retry.*): what was whole is "
+                       "committed, rerun the same command to make the rest", formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("job", nargs="?", help="job YAML (see deploy/profiles/)")
     r.add_argument("--out", help="output folder; overrides output.path of the job file")
     r.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from pipeline import __version__
 from pipeline.config import REPO_ROOT, JobConfig, JobError
+from pipeline.faults import retry_call
 from pipeline.plan import job_index, n_samples, n_shards, plan_shard, shard_range
 from pipeline.shards import TMP, Manifest, as_store, compact_shard
 from pipeline.stages.io import CALIBRATION_DIR, PlanShards, save_calibration, write_parts
@@ -48,12 +49,30 @@ def code_version() -> str:
 
 @contextlib.contextmanager
 def llm_server(cfg: JobConfig, log_dir: Path):
-    """Launch a vLLM server from the LLM environment when the job names no URL; yields its URL."""
+    """The job's LLM server URL (None for in-process backends), watched while the block runs."""
+    with llm_service(cfg, log_dir) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def llm_service(cfg: JobConfig, log_dir: Path, on_change=None):
+    """(URL, ServerWatch) of the job's LLM server, or (None, None) for in-process backends.
+
+    A server given by URL is waited for (bounded by llm.wait_s, saying what is being waited for),
+    then watched. Without a URL the job launches one from the LLM environment and restarts it when
+    it dies (llm.launch.restarts). ``on_change`` gets the watch's state for the progress display."""
+    from pipeline.llm.server import ServerWatch, VLLMServer
+
     llm = cfg.llm
-    if llm.backend != "vllm-openai" or llm.url:
-        yield llm.url
+    if llm.backend != "vllm-openai":
+        yield None, None
         return
-    from pipeline.llm.server import VLLMServer
+    if llm.url:
+        name = f"LLM server {llm.url} (llm.url)"
+        wait_for_server(name, llm.url, llm.api_key, llm.wait_s)
+        with ServerWatch(name, lambda: _answers(llm.url, llm.api_key), on_change=on_change) as watch:
+            yield llm.url, watch
+        return
 
     def local(p: str) -> str:
         return p if os.path.isabs(p) else str(REPO_ROOT / p)
@@ -71,7 +90,41 @@ def llm_server(cfg: JobConfig, log_dir: Path):
                      max_model_len=llm.launch.max_model_len)
     with srv:
         log.info("vLLM server ready at %s in %.0fs (log: %s)", srv.url, time.time() - t0, log_dir / "vllm_server.log")
-        yield srv.url
+        with ServerWatch(f"LLM server {srv.url} (launched by the job)", srv.healthy, server=srv,
+                         restarts=llm.launch.restarts, on_change=on_change) as watch:
+            yield srv.url, watch
+
+
+def _answers(url: str, api_key: str | None) -> bool:
+    from pipeline.llm.backends import OpenAIServerBackend
+    try:
+        OpenAIServerBackend.list_models(url, api_key=api_key, timeout_s=5)
+        return True
+    except Exception:
+        return False
+
+
+def wait_for_server(name: str, url: str, api_key: str | None, wait_s: float) -> None:
+    """Block until the server lists its models; JobError naming it after ``wait_s`` seconds."""
+    from pipeline.faults import backoff_s
+    from pipeline.llm.backends import OpenAIServerBackend
+    t0, attempt = time.monotonic(), 0
+    while True:
+        try:
+            OpenAIServerBackend.list_models(url, api_key=api_key, timeout_s=10)
+            if attempt:
+                log.warning("%s is up after %.0fs", name, time.monotonic() - t0)
+            return
+        except Exception as e:
+            why = f"{type(e).__name__}: {e}"
+        down = time.monotonic() - t0
+        if down >= wait_s:
+            raise JobError(f"{name} did not answer for {down:.0f}s (llm.wait_s={wait_s:g}): {why}. "
+                           "Start it, or leave llm.url empty to let the job launch its own.")
+        pause = min(backoff_s(attempt, 1.0, 15.0), wait_s - down)
+        log.warning("waiting for %s: %s; next try in %.0fs (gives up after %.0fs)", name, why, pause, wait_s)
+        attempt += 1
+        time.sleep(pause)
 
 
 def init_ray(cfg: JobConfig, tasks: set[str] | None = None):
@@ -82,8 +135,23 @@ def init_ray(cfg: JobConfig, tasks: set[str] | None = None):
     if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=cfg.ray.address or None, log_to_driver=True)
     else:
-        ray.init(num_cpus=cfg.ray.num_cpus or embedded_cpus(cfg, tasks), include_dashboard=False,
-                 log_to_driver=True, logging_level=logging.WARNING)
+        # An embedded Ray is for this machine alone: every listener it opens (GCS, raylet, object
+        # manager, workers, dashboard and runtime-env agents) on 127.0.0.1. Ray turns a loopback node
+        # address into the machine's network address and then binds its gRPC servers on every
+        # interface, unless its single-machine mode is on: that mode, for ray.init and for the
+        # processes it starts (they read it from the environment), and only while they start.
+        from ray._private import ray_constants
+        env, flag = os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR), ray_constants.ENABLE_RAY_CLUSTER
+        os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+        try:
+            ray.init(num_cpus=cfg.ray.num_cpus or embedded_cpus(cfg, tasks), include_dashboard=False,
+                     log_to_driver=True, logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
+        finally:
+            ray_constants.ENABLE_RAY_CLUSTER = flag
+            if env is None:
+                os.environ.pop(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, None)
+            else:
+                os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = env
 
 
 def embedded_cpus(cfg: JobConfig, tasks: set[str] | None) -> int:
@@ -153,6 +221,8 @@ def run_job(cfg: JobConfig, out, *, progress: bool = True, chain: tuple | None =
             _stats: dict | None = None) -> dict:
     """``chain``: other stages than the job's (Python callers only: the scale benchmark's stand-ins;
     no job file can choose it). ``_stats``: filled with the driver's commit times per shard."""
+    from pipeline.storage import check_apart    # before anything is written: output and source apart
+    check_apart(cfg.source.path if cfg.source.kind != "demo" else None, out)
     store = as_store(out)
     store.mkdirs()
     # 1. resolved config beside the output; the cache defaults to the output folder
@@ -168,6 +238,11 @@ def run_job(cfg: JobConfig, out, *, progress: bool = True, chain: tuple | None =
     manifest = Manifest(store)
     manifest.init(config_hash=cfg.config_hash(), job_name=cfg.name, n_samples=total, n_shards=n_sh,
                   rows_per_shard=cfg.output.rows_per_shard)
+    if index.caption_issues:
+        log.warning("captions.jsonl: %s", index.caption_issues)
+        if manifest.data.get("caption_issues") != index.caption_issues:
+            manifest.data["caption_issues"] = index.caption_issues      # `pairforge stats` shows them
+            store.write_json("manifest.json", manifest.data)
     removed = manifest.clean_uncommitted()
     if removed:
         log.info("removed %d file(s) left uncommitted by an earlier run", len(removed))
@@ -185,37 +260,44 @@ def run_job(cfg: JobConfig, out, *, progress: bool = True, chain: tuple | None =
     # 5. calibration, 6. the chain into shards
     init_ray(cfg, tasks)
     _check_fits(cfg, tasks)
-    with llm_server(cfg, _local_dir(store, "logs", cfg)) as url:
-        if url:
-            cfg.llm.url = url
-        _quiet_ray_data()
-        calibrated = calibrate(cfg, store, index, pending, tasks, progress)
-        bar = _bar(summary["samples_run"], progress)
-        # writers are Ray tasks (as many as there is room for); one killed mid-write is retried
-        writer = dict(fn_kwargs=dict(out=store.url(), job_name=cfg.name, config_hash=cfg.config_hash(),
-                                     code_version=code_version(), rows_per_shard=cfg.output.rows_per_shard),
-                      batch_format="pyarrow", batch_size=None, num_cpus=0.25, max_retries=10)
-        import ray
-        passes = []
-        if calibrated:          # samples the calibration pass made: judge them only
-            ds = ray.data.read_parquet(store.path(CALIBRATION_DIR), filesystem=store.fs, schema=None)
-            passes.append(add_stages(ds, cfg, tasks, chain=(FilterStage,)).map_batches(write_parts, **writer))
-        ds = ray.data.from_items([{"shard": k} for k in pending])
-        ds = ds.map_batches(PlanShards, fn_constructor_kwargs=dict(cfg=cfg.model_dump(mode="json"), index=index,
-                                                                   skip=sorted(calibrated), block=_block(cfg)),
-                            batch_size=max(1, _block(cfg) // cfg.output.rows_per_shard), batch_format="pyarrow",
-                            num_cpus=0.25)
-        passes.append(add_stages(ds, cfg, tasks, chain).map_batches(write_parts, **writer))
-        for ds in passes:
-            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-                for part in batch.to_pylist():
-                    committer.add(part)
-                    bar.update(part["rows"])
-                committer.harvest()
-                bar.set_postfix(accepted=committer.accepted, rejected=committer.rejected,
-                                shards=f"{len(done) + len(committer.committed_now)}/{n_sh}")
-        committer.finish()
-        bar.close()
+    display, watch = _Display(), None
+    try:
+        with llm_service(cfg, _local_dir(store, "logs", cfg), on_change=display.llm) as (url, watch):
+            if url:
+                cfg.llm.url = url
+            _quiet_ray_data()
+            calibrated = calibrate(cfg, store, index, pending, tasks, progress)
+            display.bar = bar = _bar(summary["samples_run"], progress)
+            if watch is not None:
+                display.llm(watch.state)
+            # writers are Ray tasks (as many as there is room for); one killed mid-write is retried
+            writer = dict(fn_kwargs=dict(out=store.url(), job_name=cfg.name, config_hash=cfg.config_hash(),
+                                         code_version=code_version(), rows_per_shard=cfg.output.rows_per_shard),
+                          batch_format="pyarrow", batch_size=None, num_cpus=0.25, max_retries=10)
+            import ray
+            passes = []
+            if calibrated:          # samples the calibration pass made: judge them only
+                ds = ray.data.read_parquet(store.path(CALIBRATION_DIR), filesystem=store.fs, schema=None)
+                passes.append(add_stages(ds, cfg, tasks, chain=(FilterStage,)).map_batches(write_parts, **writer))
+            ds = ray.data.from_items([{"shard": k} for k in pending])
+            ds = ds.map_batches(PlanShards, fn_constructor_kwargs=dict(cfg=cfg.model_dump(mode="json"), index=index,
+                                                                       skip=sorted(calibrated), block=_block(cfg)),
+                                batch_size=max(1, _block(cfg) // cfg.output.rows_per_shard), batch_format="pyarrow",
+                                num_cpus=0.25)
+            passes.append(add_stages(ds, cfg, tasks, chain).map_batches(write_parts, **writer))
+            for ds in passes:
+                for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                    for part in batch.to_pylist():
+                        committer.add(part)
+                        bar.update(part["rows"])
+                    committer.harvest()
+                    display.update(accepted=committer.accepted, rejected=committer.rejected,
+                                   shards=f"{len(done) + len(committer.committed_now)}/{n_sh}")
+            committer.finish()
+            bar.close()
+    except Exception as e:
+        _stop_on_world_failure(e, committer, n_sh - len(done), watch)
+        raise
     committed_now = set(committer.committed_now)
     missing = {k: v - committer.arrived[k] for k, v in expected.items() if k not in committed_now}
     if missing:
@@ -228,6 +310,46 @@ def run_job(cfg: JobConfig, out, *, progress: bool = True, chain: tuple | None =
     if _stats is not None:
         _stats["commit_ms"] = committer.commit_ms
     return summary
+
+
+def _stop_on_world_failure(e: Exception, committer: "Committer", n_pending: int, watch=None) -> None:
+    """A transient failure that outlived its retries (pipeline/faults.py) ends the job with a message
+    naming the cause. Shards already whole are still committed; the rest stay uncommitted and the
+    rerun makes them. Any other exception is left to propagate as it is."""
+    from pipeline.faults import find_world_failure
+    why = find_world_failure(e)
+    if why is None:
+        return
+    try:
+        committer.finish()
+    except Exception as e2:             # the world may still be failing: those shards wait for the rerun
+        log.warning("could not commit the shards already whole: %s", e2)
+    if watch is not None and watch.error:
+        why += f"\n({watch.error})"
+    left = n_pending - len(committer.committed_now)
+    raise JobStopped(f"the job stopped: {why}\n{len(committer.committed_now)} shard(s) committed in this run, {left} "
+                   "left uncommitted; rerun the same command once the cause is fixed to make only those.") from None
+
+
+class JobStopped(JobError):
+    """The world failed for longer than the retries last; what was whole is committed (exit 3)."""
+
+
+class _Display:
+    """The progress bar's postfix: the driver's counters plus the LLM server's health, which the
+    watch thread updates between batches (when no batch arrives, e.g. during an outage)."""
+
+    def __init__(self):
+        self.bar = None
+        self.post: dict = {}
+
+    def update(self, **kw) -> None:
+        self.post.update(kw)
+        if self.bar is not None:
+            self.bar.set_postfix(self.post, refresh=True)
+
+    def llm(self, state: str) -> None:
+        self.update(llm=state)
 
 
 def _check_fits(cfg: JobConfig, tasks: set[str]) -> None:
@@ -280,7 +402,7 @@ class Committer:
             k = self.running.pop(fut)
             entry = ray.get(fut)
             t = time.perf_counter()
-            self.manifest.commit(k, entry)
+            retry_call(lambda: self.manifest.commit(k, entry), f"writing the commit record of shard {k}")
             self.commit_ms.append((time.perf_counter() - t) * 1000)
             self.store.delete_dir(f"{TMP}/shard-{k:05d}")
             self.committed_now.append(k)
@@ -291,7 +413,7 @@ class Committer:
 
 
 def _compact_fn(out: str, k: int, parts: list[str], expected: int, write_rejects: bool) -> dict:
-    return compact_shard(Store(out), k, parts, expected, write_rejects)
+    return retry_call(lambda: compact_shard(Store(out), k, parts, expected, write_rejects), f"compacting shard {k} in {out}")
 
 
 class _LazyRemote:

@@ -83,6 +83,10 @@ def test_each_bad_answer_is_a_reject_with_its_reason(fake_server, tmp_path):
     assert got["wrongkeys"] == ("rejected", "llm_schema")
     assert got["same"] == ("rejected", "llm_same_caption")
     assert got["error"] == ("rejected", "llm_error")
+    # a 500 is a failure of the world, asked again; one that persists while the server answers its
+    # health check is this request's own: a reject, so one sample cannot stall the job
+    err = next(r for r in out if r["caption"].startswith("error"))
+    assert "asked 3 times while the server answered its health check" in err["reject_detail"]
     assert got["fenced"] == ("pending", None)                 # fences are unwrapped, answer accepted
     for r in out:
         assert json.loads(r["llm"])["tries"] == (1 if r["caption"].startswith("fenced") else 2)

@@ -49,6 +49,9 @@ class ChatResult:
     # without it (the caller must validate the JSON in that case).
     structured: bool = False
     finish_reason: str | None = None
+    # True when the world failed, not the request (connection refused, timeout, HTTP 429/5xx): the
+    # caller waits for the server and asks again; it never rejects the sample for it
+    transient: bool = False
 
 
 class LLMBackend(ABC):
@@ -72,6 +75,14 @@ class LLMBackend(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, model={self.model!r})"
+
+
+def _raise_if_world(e: Exception) -> None:
+    """Out of memory or another failure of the world in an in-process engine is not one request's
+    fault: it goes up to the stage, which halves the batch or backs off (pipeline/faults.py)."""
+    from pipeline.faults import classify
+    if classify(e) is not None:
+        raise e
 
 
 def _short(s: Any, n: int = 300) -> str:
@@ -181,8 +192,10 @@ class OpenAIServerBackend(LLMBackend):
             if isinstance(e.reason, TimeoutError) or "timed out" in str(e.reason):
                 return 0, "timeout"
             return 0, f"connection error: {e.reason}"
-        except (OSError, ValueError) as e:
+        except OSError as e:         # connection reset, broken pipe …: the transport failed
             return 0, f"{type(e).__name__}: {e}"
+        except ValueError as e:      # a reply that is not JSON: this answer's problem
+            return -1, f"{type(e).__name__}: {e}"
 
     def _one(self, rq: ChatRequest) -> ChatResult:
         try:
@@ -205,13 +218,13 @@ class OpenAIServerBackend(LLMBackend):
                         self.structured_fallbacks += 1
                     want_schema = False
                     continue
-                err = f"http {status}: {_short(resp)}" if status else _short(resp)
-                retriable = status == 0 and resp != "timeout" or status >= 500
-                if retriable and attempt < self.retries:
+                err = f"http {status}: {_short(resp)}" if status > 0 else _short(resp)
+                transient = status == 0 or status in (408, 425, 429) or status >= 500
+                if transient and resp != "timeout" and attempt < self.retries:
                     attempt += 1
                     time.sleep(self.retry_backoff_s * attempt)
                     continue
-                return ChatResult(text=None, error=err)
+                return ChatResult(text=None, error=err, transient=transient)
         except Exception as e:  # never raise for one request
             return ChatResult(text=None, error=f"{type(e).__name__}: {_short(e)}")
 
@@ -309,6 +322,7 @@ class VLLMEngineBackend(LLMBackend):
         try:
             return self._run(requests)
         except Exception as e:  # one bad request must not sink the batch: retry one by one
+            _raise_if_world(e)
             log.warning("vLLM batch of %d failed (%s); retrying one by one", len(requests),
                         _short(e, 200))
         results = []
@@ -316,6 +330,7 @@ class VLLMEngineBackend(LLMBackend):
             try:
                 results.extend(self._run([r]))
             except Exception as e:
+                _raise_if_world(e)
                 results.append(ChatResult(text=None, error=f"{type(e).__name__}: {_short(e)}"))
         return results
 
@@ -432,6 +447,7 @@ class TransformersBackend(LLMBackend):
                 try:
                     outs = self._run([requests[i] for i in chunk])
                 except Exception as e:
+                    _raise_if_world(e)
                     log.warning("transformers batch of %d failed (%s); retrying one by one",
                                 len(chunk), _short(e, 200))
                     outs = []
@@ -439,6 +455,7 @@ class TransformersBackend(LLMBackend):
                         try:
                             outs.extend(self._run([requests[i]]))
                         except Exception as e1:
+                            _raise_if_world(e1)
                             outs.append(ChatResult(text=None,
                                                    error=f"{type(e1).__name__}: {_short(e1)}"))
                 for i, res in zip(chunk, outs):

@@ -24,16 +24,20 @@ Standard library only.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections import deque
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
+
+log = logging.getLogger("pairforge")
 
 # Flags that made the CPU server start fastest here: CUDA graphs / torch.compile do not apply on
 # CPU and only cost start-up time.
@@ -291,3 +295,86 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+class ServerWatch:
+    """A thread that watches the job's LLM server every ``every_s`` seconds.
+
+    ``check()`` is the health check. For a server this job launched (``server`` given), a process
+    that has exited is restarted on the same port, at most ``restarts`` times; the stages meanwhile
+    wait for it (InstructStage._wait_for_server) and ask again. A server given by URL is only
+    watched. ``state`` ("ok", "down 12s", "restarting", "restarted 1×", "failed") goes to the
+    progress display through ``on_change``; ``error`` says why the watch gave up.
+    """
+
+    def __init__(self, name: str, check: Callable[[], bool], server: "VLLMServer | None" = None,
+                 restarts: int = 5, every_s: float = 2.0, on_change: Callable[[str], None] | None = None):
+        self.name, self.check, self.server, self.restarts = name, check, server, restarts
+        self.every_s, self.on_change = every_s, on_change
+        self.restarted = 0
+        self.state = "ok"
+        self.error: str | None = None
+        self._down_since: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="llm-watch", daemon=True)
+
+    def __enter__(self) -> "ServerWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _set(self, state: str) -> None:
+        if state != self.state:
+            self.state = state
+            if self.on_change is not None:
+                try:
+                    self.on_change(state)
+                except Exception:           # a display problem must not stop the watch
+                    pass
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                self.tick()
+            except Exception as e:          # pragma: no cover - never let the watch thread die
+                log.warning("LLM server watch: %s", e)
+
+    def tick(self) -> None:
+        srv = self.server
+        if srv is not None and (srv.proc is None or srv.proc.poll() is not None):
+            rc = srv.proc.poll() if srv.proc is not None else None
+            if self.restarted >= self.restarts:
+                self.error = (f"{self.name} died {self.restarted + 1} times (last exit code {rc}); "
+                              f"llm.launch.restarts={self.restarts} used up; log: {srv.log_path}")
+                self._set("failed")
+                return
+            self.restarted += 1
+            log.warning("%s exited (code %s); restarting it on the same port (%d/%d); log: %s",
+                        self.name, rc, self.restarted, self.restarts, srv.log_path)
+            self._set("restarting")
+            t0 = time.monotonic()
+            try:
+                srv.stop()
+                srv.start()
+            except Exception as e:
+                log.warning("%s did not come back: %s", self.name, str(e).splitlines()[0])
+                return                      # tried again on the next tick, while restarts last
+            log.warning("%s is back after %.0fs", self.name, time.monotonic() - t0)
+            self._down_since = None
+            self._set(f"restarted {self.restarted}x")
+            return
+        if self.check():
+            self._down_since = None
+            if self.state.startswith(("down", "failed")):
+                log.warning("%s answers its health check again", self.name)
+            if not self.state.startswith("restarted"):
+                self._set("ok")
+            return
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+            log.warning("%s does not answer its health check", self.name)
+        self._set(f"down {now - self._down_since:.0f}s")

@@ -2,17 +2,29 @@
 
 A stage declares its name and the config block holding its resources; ``setup`` loads models once
 per actor; ``process`` works on the pending rows it is responsible for. Rejected rows, and rows of
-tasks the stage has nothing to do for, pass through untouched. An exception on one row rejects
-that row with the stage's name and the error — never the batch, never the job.
+tasks the stage has nothing to do for, pass through untouched.
+
+When ``process`` raises, what happens depends on why (pipeline/faults.py):
+  * out of memory: the batch is halved and each half tried again, down to one row;
+  * a transient failure (and out of memory on one row): the same rows are tried again after an
+    exponential backoff; when that is used up the stage raises WorldFailure and the job stops
+    with the shard uncommitted — never a reject;
+  * anything else: the batch is tried row by row, so one bad row cannot sink the rest; the row that
+    still fails is rejected with the stage's name and the error.
+Every retry starts from the rows as they came in (re-read from the immutable Arrow batch), never
+from rows a failed attempt has half changed: a row's result cannot depend on its neighbours.
 """
 from __future__ import annotations
 
 import logging
+import time
 import traceback
+from collections import deque
 from typing import ClassVar
 
 import pyarrow as pa
 
+from pipeline import faults
 from pipeline.config import JobConfig
 from pipeline.schema import flow_table, reject
 
@@ -49,18 +61,64 @@ class Stage:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
-        todo = [r for r in rows if r["status"] == "pending" and self.wants(r)]
+        todo = [i for i, r in enumerate(rows) if r["status"] == "pending" and self.wants(r)]
         if todo:
-            try:
-                self.process(todo)
-            except Exception:
-                # the batch failed as a whole: retry row by row so one bad row cannot sink the rest
-                log.warning("%s: batch failed, retrying row by row:\n%s", self.name, traceback.format_exc())
-                for r in todo:
-                    if r["status"] != "pending":
-                        continue
-                    try:
-                        self.process([r])
-                    except Exception as e:
-                        reject(r, self.name, "stage_error", f"{type(e).__name__}: {e}")
+            self._run(batch, rows, todo)
         return flow_table(rows)
+
+    def _attempt(self, rows: list[dict]) -> None:
+        faults.inject(self.name, rows, "before")
+        self.process(rows)
+        faults.inject(self.name, rows, "after")
+
+    def _run(self, batch: pa.Table, rows: list[dict], todo: list[int]) -> None:
+        """Process ``rows[i] for i in todo``; groups that fail are retried from fresh copies of
+        their rows (``batch.take``) and their results put back in place."""
+        retry = self.cfg.retry
+        queue: deque[tuple[list[int], int]] = deque([(todo, 0)])   # (row indices, transient tries so far)
+        first = True
+        while queue:
+            idx, tries = queue.popleft()
+            group = [rows[i] for i in idx] if first else batch.take(idx).to_pylist()
+            first = False
+            try:
+                self._attempt(group)
+            except Exception as e:
+                kind = faults.classify(e)
+                if kind == "oom" and len(idx) > 1:
+                    half = len(idx) // 2
+                    log.warning("%s: out of memory on %d rows; halving the batch (%s)", self.name, len(idx), faults.describe(e))
+                    _free_accelerator_memory()
+                    queue.extendleft([(idx[half:], tries), (idx[:half], tries)])
+                    continue
+                if kind is not None:
+                    if tries + 1 >= retry.attempts:
+                        raise faults.WorldFailure(
+                            f"stage {self.name}: {faults.describe(e)} — still failing after {retry.attempts} "
+                            f"tries of {len(idx)} row(s)") from e
+                    wait = faults.backoff_s(tries, retry.base_s, retry.max_s)
+                    log.warning("%s: transient failure on %d rows (%s); retry %d/%d in %.1fs", self.name,
+                                len(idx), faults.describe(e), tries + 1, retry.attempts - 1, wait)
+                    if kind == "oom":
+                        _free_accelerator_memory()
+                    time.sleep(wait)
+                    queue.appendleft((idx, tries + 1))
+                    continue
+                if len(idx) > 1:
+                    # no known cause: try each row alone, so one bad row cannot sink the rest
+                    log.warning("%s: batch of %d failed, retrying row by row:\n%s", self.name, len(idx), traceback.format_exc())
+                    queue.extendleft([([i], tries) for i in reversed(idx)])
+                    continue
+                row = batch.take(idx).to_pylist()[0]          # the row as it came in, not half-done
+                reject(row, self.name, "stage_error", faults.describe(e))
+                rows[idx[0]] = row
+                continue
+            for i, r in zip(idx, group):
+                rows[i] = r
+
+
+def _free_accelerator_memory() -> None:
+    import sys
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

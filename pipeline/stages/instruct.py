@@ -5,7 +5,10 @@
        describe them
     3. the few-shot prompt (shuffled, 60% kept, verbs swapped; all from the sample's seed)
     4. the backend, all rows of the batch at once (concurrent HTTP or one batched engine call);
-       answers cached by a hash of the request so a rerun replays them
+       answers cached by a hash of the request so a rerun replays them. A request the world failed
+       (server down or restarting, timeout, HTTP 429/5xx) is asked again once the server answers
+       its health check; after ``llm.wait_s`` without one the stage raises WorldFailure and the job
+       stops with the shard uncommitted. It never becomes a reject.
     5. checks: JSON, schema, output caption differs, instruction length, the task's own checks;
        an invalid answer is retried with a new seed, then rejected with the last reason
     6. possessive object phrases ("a dog's tail") get a second prompt for the object alone; both
@@ -14,8 +17,12 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
 
 import numpy as np
+
+from pipeline.faults import WorldFailure
 
 from pipeline.llm.answers import OBJECT_KEYS, instruction_issue, validate_answer
 from pipeline.llm.backends import ChatRequest, ChatResult
@@ -25,6 +32,8 @@ from pipeline.schema import reject
 from pipeline.stages.base import Stage
 from tasks import get_task
 from tasks.phrases import is_possessive, strip_possession
+
+log = logging.getLogger("pairforge")
 
 
 def make_backend(llm):
@@ -72,11 +81,76 @@ class InstructStage(Stage):
             results.append(ChatResult(text=hit["text"], error=None, completion_tokens=hit.get("tokens", 0)) if hit else None)
         miss = [i for i, r in enumerate(results) if r is None]
         if miss:
-            for i, res in zip(miss, self.backend.generate([reqs[i] for i in miss])):
+            for i, res in zip(miss, self._generate([reqs[i] for i in miss])):
                 results[i] = res
                 if res.error is None and res.text is not None:
                     self.cache.put(keys[i], {"text": res.text, "tokens": res.completion_tokens})
         return results
+
+    # A request that fails with a server error or a timeout while the server answers its health
+    # check is asked this many times; then the request, not the world, is at fault: llm_error.
+    # (429, "too many requests", is always the world: it is only ever waited out.)
+    HEALTHY_TRIES = 3
+
+    def _generate(self, reqs: list[ChatRequest]) -> list[ChatResult]:
+        """The backend's answers, with the requests the world failed asked again once the server is
+        back; none of the returned results is transient."""
+        results = self.backend.generate(reqs)
+        t0, tries = None, [0] * len(reqs)
+        while True:
+            bad = [i for i, r in enumerate(results) if r.transient]
+            if not bad:
+                return results
+            t0 = t0 or time.monotonic()
+            why = results[bad[0]].error
+            if self._server_answers():
+                for i in bad:
+                    if not (results[i].error or "").startswith("http 429"):
+                        tries[i] += 1
+                        if tries[i] >= self.HEALTHY_TRIES:
+                            results[i] = ChatResult(text=None, error=f"{results[i].error} (asked {tries[i]} times "
+                                                    "while the server answered its health check)")
+                bad = [i for i in bad if results[i].transient]
+                if not bad:
+                    return results
+                self._check_deadline(t0, why)
+                time.sleep(0.5 * 2 ** min(max(tries[i] for i in bad), 4))
+            else:
+                self._wait_for_server(t0, why)
+            for i, res in zip(bad, self.backend.generate([reqs[i] for i in bad])):
+                results[i] = res
+
+    def _server(self) -> str:
+        return f"LLM server {self.llm.url}" if self.llm.url else f"LLM backend {self.backend.name}"
+
+    def _server_answers(self) -> bool:
+        if not self.llm.url:
+            return True
+        from pipeline.llm.backends import OpenAIServerBackend
+        try:
+            OpenAIServerBackend.list_models(self.llm.url, api_key=self.llm.api_key, timeout_s=10)
+            return True
+        except Exception:
+            return False
+
+    def _check_deadline(self, t0: float, why: str) -> None:
+        down = time.monotonic() - t0
+        if down >= self.llm.wait_s:
+            raise WorldFailure(f"{self._server()} did not answer for {down:.0f}s (llm.wait_s={self.llm.wait_s:g}): {why}")
+
+    def _wait_for_server(self, t0: float, why: str) -> None:
+        """Block until the server answers its model list, raising WorldFailure once ``llm.wait_s``
+        has passed since the first failure."""
+        wait_s, pause = self.llm.wait_s, 1.0
+        while True:
+            self._check_deadline(t0, why)
+            down = time.monotonic() - t0
+            log.warning("instruct: waiting for the %s (%s); down %.0fs, the job stops after %.0fs",
+                        self._server(), why, down, wait_s)
+            time.sleep(min(pause, max(0.0, wait_s - down)))
+            pause = min(pause * 2, 15.0)
+            if self._server_answers():
+                return
 
     def _build(self, spec, query: str, seed: int):
         return build(spec, query, seed, keep_fraction=self.llm.keep_fraction,

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import JobConfig
+from pipeline.faults import retry_call
 from pipeline.schema import FLOW_SCHEMA, flow_table, to_record
 from pipeline.shards import TMP, write_part
 from pipeline.storage import Store
@@ -57,7 +58,8 @@ def write_parts(batch: pa.Table, *, out: str, job_name: str, config_hash: str, c
         by_shard[r["sample_index"] // rows_per_shard].append(to_record(r, **meta))
     parts = []
     for k, recs in sorted(by_shard.items()):
-        part = write_part(store, k, recs)
+        # a storage hiccup is retried with backoff; one that persists stops the job (shard uncommitted)
+        part = retry_call(lambda: write_part(store, k, recs), f"writing a part of shard {k} to {out}")
         _fault_after_part_write()
         parts.append({"shard": k, "part": part, "rows": len(recs), "accepted": sum(r["status"] == "accepted" for r in recs)})
     return pa.Table.from_pylist(parts, schema=PART_SCHEMA)
