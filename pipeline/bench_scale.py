@@ -82,7 +82,9 @@ def _job(n: int, work: Path, rows_per_shard: int):
     return JobConfig.model_validate({
         "name": f"bench-scale-{n}", "seed": 1, "tasks": {"color": 1.0},
         "source": {"kind": "captions", "path": str(src)},
-        "llm": {"url": "http://127.0.0.1:9/unused", "cache": False},
+        # the stand-in instruct stage asks no server: an in-process backend, so the job neither
+        # launches one nor waits for one (its model is never loaded)
+        "llm": {"backend": "transformers", "cache": False},
         "filters": {"enabled": False},
         "stages": {"instruct": {"actors": 1, "num_cpus": 0.5, "batch_size": 256},
                    "cpu": {"actors": 1, "num_cpus": 0.5, "batch_size": 256},

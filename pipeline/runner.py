@@ -33,6 +33,7 @@ from pipeline.stages.io import CALIBRATION_DIR, PlanShards, save_calibration, wr
 # a later import of pipeline.stages resolved to the install's tree instead of the job's working dir
 # and then failed to import the working dir's pipeline.grounding submodules.
 from pipeline.stages import CHAIN, FilterStage
+from pipeline.llm.server import ServerWatch, VLLMServer      # (the same: it is used after ray.init)
 from pipeline.storage import Store
 
 log = logging.getLogger("pairforge")
@@ -61,7 +62,6 @@ def llm_service(cfg: JobConfig, log_dir: Path, on_change=None):
     A server given by URL is waited for (bounded by llm.wait_s, saying what is being waited for),
     then watched. Without a URL the job launches one from the LLM environment and restarts it when
     it dies (llm.launch.restarts). ``on_change`` gets the watch's state for the progress display."""
-    from pipeline.llm.server import ServerWatch, VLLMServer
 
     llm = cfg.llm
     if llm.backend != "vllm-openai":
@@ -135,23 +135,28 @@ def init_ray(cfg: JobConfig, tasks: set[str] | None = None):
     if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=cfg.ray.address or None, log_to_driver=True)
     else:
-        # An embedded Ray is for this machine alone: every listener it opens (GCS, raylet, object
-        # manager, workers, dashboard and runtime-env agents) on 127.0.0.1. Ray turns a loopback node
-        # address into the machine's network address and then binds its gRPC servers on every
-        # interface, unless its single-machine mode is on: that mode, for ray.init and for the
-        # processes it starts (they read it from the environment), and only while they start.
-        from ray._private import ray_constants
-        env, flag = os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR), ray_constants.ENABLE_RAY_CLUSTER
-        os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR], ray_constants.ENABLE_RAY_CLUSTER = "0", False
-        try:
-            ray.init(num_cpus=cfg.ray.num_cpus or embedded_cpus(cfg, tasks), include_dashboard=False,
-                     log_to_driver=True, logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
-        finally:
-            ray_constants.ENABLE_RAY_CLUSTER = flag
-            if env is None:
-                os.environ.pop(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, None)
-            else:
-                os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = env
+        init_local_ray(num_cpus=cfg.ray.num_cpus or embedded_cpus(cfg, tasks), include_dashboard=False,
+                       log_to_driver=True, logging_level=logging.WARNING)
+
+
+def init_local_ray(**kwargs) -> None:
+    """An embedded Ray for this machine alone: every listener it opens (GCS, raylet, object
+    manager, workers, dashboard and runtime-env agents) on 127.0.0.1. Ray turns a loopback node
+    address into the machine's network address and then binds its gRPC servers on every
+    interface, unless its single-machine mode is on: that mode, for ray.init and for the
+    processes it starts (they read it from the environment), and only while they start."""
+    import ray
+    from ray._private import ray_constants
+    env, flag = os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        ray.init(_node_ip_address="127.0.0.1", **kwargs)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = flag
+        if env is None:
+            os.environ.pop(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, None)
+        else:
+            os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = env
 
 
 def embedded_cpus(cfg: JobConfig, tasks: set[str] | None) -> int:

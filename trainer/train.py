@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from contextlib import nullcontext
 from pathlib import Path
@@ -290,6 +291,10 @@ def train_ray(cfg: TrainConfig, num_workers: int, *, use_gpu: bool = False, resu
     cfg = cfg.model_copy(update={"output_dir": str(Path(cfg.output_dir).resolve()),
                                  "data": cfg.data.model_copy(update={"shards": [str(Path(s).resolve())
                                                                                 for s in cfg.data.shards]})})
+
+    if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
+        from pipeline.runner import init_local_ray      # no cluster named: a local Ray on loopback only
+        init_local_ray(include_dashboard=False, logging_level=logging.WARNING)
 
     def loop(config: dict) -> None:
         summary = train(TrainConfig.model_validate(config["cfg"]), progress=False, **config["kw"])
