@@ -286,30 +286,33 @@ def test_killed_launched_server_is_restarted(vllm_url, tmp_path):
     _same_as_undisturbed(tmp_path, job, rows, cache, vllm_url)
 
 
-def test_cuda_out_of_memory_halves_the_batch(vllm_url, tmp_path, baseline):
-    job = _with_baseline_cache(tmp_path, baseline, vllm_url)
+def _run_with_faults(tmp_path: Path, baseline: dict, url: str, fault: dict, fired: int) -> tuple[str, list[dict]]:
+    """The baseline job with ``fault`` set through the hook (pipeline/faults.py): its stderr and rows,
+    after checking the fault fired ``fired`` times and the rows equal the undisturbed run's."""
+    job = _with_baseline_cache(tmp_path, baseline, url)
     spec = tmp_path / "faults.json"
-    # every batch of 2+ rows in the edit stage runs out of memory, three times over the job
-    spec.write_text(json.dumps([{"stage": "diffusion_edit", "kind": "oom", "times": 3, "min_rows": 2}]))
+    spec.write_text(json.dumps([fault]))
     out = tmp_path / "out"
     r = run_cli("run", str(job), "--out", str(out), "--no-progress", "-q", env={"PAIRFORGE_TEST_FAULTS": str(spec)})
-    assert len(list(tmp_path.glob("faults.json.fired-*"))) == 3
-    assert "diffusion_edit: out of memory on" in r.stderr and "halving the batch" in r.stderr
+    assert len(list(tmp_path.glob("faults.json.fired-*"))) == fired
     rows = _check_clean(out, len(CAPTIONS))
     assert rows == baseline["rows"], row_diff(rows, baseline["rows"])
+    return r.stderr, rows
+
+
+def test_cuda_out_of_memory_halves_the_batch(vllm_url, tmp_path, baseline):
+    # every batch of 2+ rows in the edit stage runs out of memory, three times over the job
+    err, _ = _run_with_faults(tmp_path, baseline, vllm_url,
+                              {"stage": "diffusion_edit", "kind": "oom", "times": 3, "min_rows": 2}, fired=3)
+    assert "diffusion_edit: out of memory on" in err and "halving the batch" in err
 
 
 def test_a_batch_failing_after_mutating_its_rows_is_retried_from_the_rows_as_they_came(vllm_url, tmp_path, baseline):
-    job = _with_baseline_cache(tmp_path, baseline, vllm_url)
-    spec = tmp_path / "faults.json"
     # the base-image stage generates its rows' images, then fails: a retry from those rows would
     # take each generated image for a photo
-    spec.write_text(json.dumps([{"stage": "diffusion_base", "when": "after", "kind": "error", "times": 1, "min_rows": 2}]))
-    out = tmp_path / "out"
-    r = run_cli("run", str(job), "--out", str(out), "--no-progress", "-q", env={"PAIRFORGE_TEST_FAULTS": str(spec)})
-    assert len(list(tmp_path.glob("faults.json.fired-*"))) == 1
-    assert "diffusion_base: batch of" in r.stderr and "retrying row by row" in r.stderr
-    rows = _check_clean(out, len(CAPTIONS))
-    assert rows == baseline["rows"], row_diff(rows, baseline["rows"])
+    err, rows = _run_with_faults(tmp_path, baseline, vllm_url,
+                                 {"stage": "diffusion_base", "when": "after", "kind": "error", "times": 1, "min_rows": 2},
+                                 fired=1)
+    assert "diffusion_base: batch of" in err and "retrying row by row" in err
     bases = [json.loads(r["params"])["base"] for r in rows if r["params"] and json.loads(r["params"]).get("base")]
     assert bases and all(b.get("generated") for b in bases), bases
