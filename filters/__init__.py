@@ -10,12 +10,14 @@ def build_filters(cfg) -> list[Filter]:
     from filters.clip_metrics import ClipMetricsFilter
     from filters.color_checks import ExposureFilter, VisibleChangeFilter
     from filters.depth_structure import DepthL1Filter
+    from filters.min_change import MinChangeFilter
 
     from pipeline.models.device import resolve_device
 
     fc, tasks = cfg.filters, set(cfg.tasks)
     dev = resolve_device(fc.device)
-    out: list[Filter] = [VisibleChangeFilter(min_l1=fc.min_change_l1), ExposureFilter(max_clipped=fc.max_clipped_frac),
+    # the minimum-change floor first: its no_change is the reason a no-op candidate is reported with
+    out: list[Filter] = [MinChangeFilter(fc), VisibleChangeFilter(min_l1=fc.min_change_l1), ExposureFilter(max_clipped=fc.max_clipped_frac),
                          ClipMetricsFilter(fc, clip=cfg.models.clip, dino=cfg.models.dino, device=dev)]
     if any(fc.resolved_rules(t).get("depth_l1") for t in tasks):
         out.append(DepthL1Filter(fc, depth=cfg.models.depth, device=dev))

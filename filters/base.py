@@ -24,7 +24,9 @@ class Candidate:
     input_caption: str = ""
     output_caption: str = ""
     params: dict[str, Any] = field(default_factory=dict)
-    mask: np.ndarray | None = None
+    mask: np.ndarray | None = None   # the candidate's edit region (its mask variant)
+    object_mask: np.ndarray | None = None   # the grounded object's precise mask, whatever the variant
+    object_box: tuple[float, float, float, float] | None = None   # the grounded object's own box (x0, y0, x1, y1)
     answer: dict[str, Any] = field(default_factory=dict)   # the agent's answer (object phrases, ...)
     scores: dict[str, float] = field(default_factory=dict)  # filled by ``prepare`` of model filters
 

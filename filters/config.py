@@ -15,9 +15,26 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.models.device import DEVICE_HELP, Device
 
-# Which way is good for each metric a rule can name.
+# Which way is good for each metric a rule or ``select_by`` can name — the one table every user
+# reads (selection in pipeline/stages/filter.py, quantile calibration in pipeline/runner.py).
+# As in the paper: CLIP and DINO similarities higher; L1 (change over the whole pair) and depth-L1
+# (structure drift) lower — a pair that changes little beyond the edit is the better pair; that the
+# edit happened at all is the min_change floor's job, not L1's.
 HIGHER_IS_BETTER = {"clip_dir": True, "clip_img": True, "clip_out": True, "dino": True,
-                    "depth_l1": False, "l1": True}
+                    "depth_l1": False, "l1": False}
+
+
+def higher_is_better(metric: str) -> bool:
+    return HIGHER_IS_BETTER[metric]
+
+
+def quantile_threshold(metric: str, values, keep_top: float) -> dict[str, float]:
+    """The calibrated bound of a ``keep_top`` rule: keep the best ``keep_top`` fraction of
+    ``values`` — a ``min`` for a higher-is-better metric, a ``max`` for a lower-is-better one."""
+    import numpy as np
+    if higher_is_better(metric):
+        return {"min": float(np.quantile(values, 1 - keep_top))}
+    return {"max": float(np.quantile(values, keep_top))}
 
 EDIT_TASKS = ("local", "remove", "add", "texture", "background", "global", "style", "text")
 # Structure must hold: the scene's geometry stays, only appearance changes.
@@ -58,6 +75,34 @@ def _default_rules() -> dict[str, dict[str, MetricRule]]:
 DEFAULT_RULES = _default_rules()
 
 
+class ChangeFloor(_Strict):
+    min_l1: float = Field(..., ge=0, le=1, description="Mean |out − in| (0..1) over the measured pixels.")
+    min_frac: float = Field(..., ge=0, le=1, description="Fraction of measured pixels whose largest channel "
+                            "change exceeds min_change_delta.")
+
+
+# The minimum-change floor (filters/min_change.py): a candidate passes when either value reaches the
+# floor, measured in the edit region for region tasks (the object's precise mask, else the
+# candidate's mask) and over the whole image otherwise. Identical pairs give 0 / 0 and ±2-level
+# noise about 0.005 / 0, so every floor below rejects them. The region floors (0.02 mean or 5 % of
+# the region's pixels) sit far below a real replacement / removal / insertion of the object (mean
+# ≥ 0.05 in the region) but above diffusion round-off. detect draws only an outline inside its box
+# (≥ 2 % of a full-image box at the thinnest line), so its fraction floor is 1 %. Whole-image tasks:
+# color's mildest planned change (a small blur / 1.1× brightness) moves about 0.01 mean and touches
+# well over 1 % of pixels; the translation targets (depth, normal, sketch, pose, segmentation)
+# replace or overlay the image, pose's skeleton on a photo being the thinnest (~1 % of pixels).
+_REGION_FLOOR = dict(min_l1=0.02, min_frac=0.05)
+_IMAGE_FLOOR = dict(min_l1=0.01, min_frac=0.01)
+DEFAULT_CHANGE_FLOORS: dict[str, ChangeFloor] = {
+    **{t: ChangeFloor(**_REGION_FLOOR) for t in ("local", "texture", "add", "remove", "background",
+                                                  "text", "segment")},
+    "detect": ChangeFloor(min_l1=0.005, min_frac=0.01),
+    "color": ChangeFloor(min_l1=0.008, min_frac=0.01),
+    **{t: ChangeFloor(**_IMAGE_FLOOR) for t in ("global", "style", "depth", "sketch", "normal", "pose",
+                                                 "segmentation")},
+}
+
+
 class TaskPredictorConfig(_Strict):
     enabled: bool = Field(True, description="Run the task predictor on every instruction.")
     kind: Literal["minilm-logreg", "flan-t5"] = Field("minilm-logreg", description="minilm-logreg: logistic "
@@ -83,12 +128,19 @@ class FilterConfig(_Strict):
     enabled: bool = Field(True, description="Apply the filters; off keeps every generated pair (scores still computed).")
     device: Device = Field("auto", description="CLIP, DINO, depth and OCR models of the filter stage. " + DEVICE_HELP)
     min_change_l1: float = Field(0.008, ge=0, le=1, description="color: mean |x−y|/255 below this is 'no_visible_change'.")
+    min_change: dict[str, ChangeFloor | None] = Field(
+        default_factory=dict, description="Per task: the minimum-change floor {min_l1, min_frac} overriding "
+        "DEFAULT_CHANGE_FLOORS (a candidate below both is rejected as no_change, before any score rule), or "
+        "null to switch the floor off for that task.")
+    min_change_delta: int = Field(8, ge=0, le=255, description="min_change: a pixel counts as changed when "
+                                  "its largest channel change exceeds this many levels.")
     max_clipped_frac: float = Field(0.35, ge=0, le=1, description="color: output fraction of clipped pixels above this is rejected.")
     rules: dict[str, dict[str, MetricRule | None]] = Field(
         default_factory=dict, description="Per task, per metric (clip_dir, clip_img, clip_out, dino, depth_l1, l1): "
         "a rule {min|max|keep_top} overriding the defaults, or null to drop a default rule.")
     select_by: str = Field("clip_dir", description="Best-of-candidates: among a sample's passing candidates keep "
-                           "the best by this metric (clip_dir, clip_img, clip_out, dino, depth_l1).")
+                           "the best by this metric (clip_dir, clip_img, clip_out, dino: highest; depth_l1, l1: lowest — "
+                           "HIGHER_IS_BETTER).")
     detector_checks: bool = Field(True, description="add: the edited object is detected in the output; remove: "
                                   "the object is gone; local: the original is gone and the edited one present.")
     ocr_checks: bool = Field(True, description="text: OCR reads the new text after replace / add and finds no "
@@ -110,9 +162,18 @@ class FilterConfig(_Strict):
             for m in per:
                 if m not in HIGHER_IS_BETTER:
                     raise ValueError(f"rules.{task}.{m}: unknown metric (known: {', '.join(HIGHER_IS_BETTER)})")
+        for task in self.min_change:
+            if task not in TASK_NAMES:
+                raise ValueError(f"min_change.{task}: unknown task (known: {', '.join(TASK_NAMES)})")
         if self.select_by not in HIGHER_IS_BETTER:
             raise ValueError(f"select_by: unknown metric {self.select_by!r} (known: {', '.join(HIGHER_IS_BETTER)})")
         return self
+
+    def change_floor(self, task: str) -> ChangeFloor | None:
+        """The minimum-change floor of ``task`` (None: not judged)."""
+        if task in self.min_change:
+            return self.min_change[task]
+        return DEFAULT_CHANGE_FLOORS.get(task)
 
     def resolved_rules(self, task: str) -> dict[str, MetricRule]:
         out = dict(DEFAULT_RULES.get(task, {}))

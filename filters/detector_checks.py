@@ -6,9 +6,12 @@
   remove  the removed object is no longer detected in the output where it was;
   local   the original object is gone from the output and the edited one is present.
 
-"Where it was" is the box around the sample's mask: a detection counts there when its IoU with that
-box is at least ``min_iou`` (a second, untouched dog elsewhere does not fail a remove). Without a
-mask any detection counts. Presence means a detection above the detector's own box/text
+"Where it was" is the object's own box (``Candidate.object_box``: the grounding stage's detection,
+else the box of its precise mask), whatever mask variant the candidate was made with — the box of a
+dilated or bbox mask is grown, and a small object's detection would never reach ``min_iou`` against
+it. A detection counts there when its IoU with that box is at least ``min_iou`` (a second,
+untouched dog elsewhere does not fail a remove). Without an object box the candidate mask's box is
+used; without either any detection counts. Presence means a detection above the detector's own box/text
 thresholds. The score ``detector`` is the margin of the check in [0, 1]: the weaker of "present"
 (best score of the wanted object) and "absent" (1 − best score of the unwanted one).
 
@@ -80,7 +83,7 @@ class DetectorChecks(Filter):
                 owners.append((c, key))
         dets = self.detector.detect(images, phrases) if images else []
         for (c, key), found in zip(owners, dets):
-            region = mask_box(c.mask)
+            region = c.object_box if c.object_box is not None else mask_box(c.mask)
             best = 0.0
             for d in found:
                 if key != "edited_out" and region is not None and iou(d.box, region) < self.min_iou:

@@ -446,9 +446,7 @@ def calibrate(cfg: JobConfig, store: Store, index, pending: list[int], tasks: se
     The calibration rows themselves (all candidates) are written by workers under .tmp/calibration,
     and their sample indices returned, so the main pass judges them instead of making them again.
     The driver holds only their scores: at most tasks × calibration_samples rows' worth."""
-    import numpy as np
-
-    from filters.config import HIGHER_IS_BETTER
+    from filters.config import quantile_threshold
 
     fc = cfg.filters
     if not fc.needs_calibration():
@@ -495,10 +493,7 @@ def calibrate(cfg: JobConfig, store: Store, index, pending: list[int], tasks: se
         for m, rule in fc.resolved_rules(task).items():
             if rule.keep_top is None or not per.get(m):
                 continue
-            if HIGHER_IS_BETTER[m]:
-                thresholds.setdefault(task, {})[m] = {"min": float(np.quantile(per[m], 1 - rule.keep_top))}
-            else:
-                thresholds.setdefault(task, {})[m] = {"max": float(np.quantile(per[m], rule.keep_top))}
+            thresholds.setdefault(task, {})[m] = quantile_threshold(m, per[m], rule.keep_top)
     counts = {t: len(v) for t, v in per_task.items()}
     store.write_json("calibration.json", {"config_hash": cfg.config_hash(), "samples": counts, "thresholds": thresholds})
     bar.close()

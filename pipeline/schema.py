@@ -19,7 +19,8 @@ import pyarrow as pa
 from datasets import Features, Image, List, Value
 
 # Score columns; a filter may only emit these keys (tests check it), so the schema stays fixed.
-SCORE_FIELDS = ("l1", "clipped_frac", "contrast_ratio", "clip_dir", "clip_img", "clip_out", "dino", "depth_l1", "detector", "task_pred")
+SCORE_FIELDS = ("l1", "clipped_frac", "contrast_ratio", "clip_dir", "clip_img", "clip_out", "dino", "depth_l1", "detector", "task_pred",
+                "change_l1", "change_frac")   # change_*: the minimum-change floor, measured in the edit region
 
 FEATURES = Features({
     "id": Value("string"),

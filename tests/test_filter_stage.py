@@ -45,13 +45,13 @@ def brighter(im, f):
 
 def test_best_passing_candidate_is_kept_and_every_candidate_is_reported():
     im = photo()
-    # select by l1 (largest visible change) among those that pass color's checks: the 3.0x one is
-    # blown out (exposure filter) so the 1.4x one must win over 1.1x
-    cands = [("precise", brighter(im, 1.1)), ("bbox", brighter(im, 3.0)), ("dilated_blurred", brighter(im, 1.4))]
+    # select by l1 (lower is better, as in the paper: the least change beyond the edit) among those
+    # that pass color's checks: the 3.0x one is blown out (exposure filter), so 1.1x wins over 1.4x
+    cands = [("dilated_blurred", brighter(im, 1.4)), ("bbox", brighter(im, 3.0)), ("precise", brighter(im, 1.1))]
     st = stage(select_by="l1", rules={"color": {"depth_l1": None}})
     got = st(flow_table([row("color", cands)])).to_pylist()[0]
     assert got["status"] == "pending"
-    assert got["mask_variant"] == "dilated_blurred" and json.loads(got["params"]) == {"k": 2}
+    assert got["mask_variant"] == "precise" and json.loads(got["params"]) == {"k": 2}
     rep = json.loads(got["candidates_report"])
     assert rep["selected"] == 2 and len(rep["candidates"]) == 3
     assert [c["keep"] for c in rep["candidates"]] == [True, False, True]
@@ -64,14 +64,14 @@ def test_no_passing_candidate_rejects_with_the_filter_named():
     im = photo()
     got = stage()(flow_table([row("color", [("a", im.copy()), ("b", brighter(im, 1.001))])])).to_pylist()[0]
     assert got["status"] == "rejected" and got["reject_stage"] == "filter"
-    assert got["reject_reason"] == "no_visible_change"
-    assert got["reject_detail"].startswith("visible_change:") and "best of 2" in got["reject_detail"]
+    assert got["reject_reason"] == "no_change"          # the minimum-change floor runs first
+    assert got["reject_detail"].startswith("min_change:") and "best of 2" in got["reject_detail"]
 
 
 def test_filters_off_keeps_the_best_and_scores_everything():
     im = photo()
-    got = stage(enabled=False, select_by="l1")(flow_table([row("color", [("a", im.copy()), ("b", brighter(im, 3.0))])])).to_pylist()[0]
-    assert got["status"] == "pending" and got["mask_variant"] == "b"
+    got = stage(enabled=False, select_by="l1")(flow_table([row("color", [("a", brighter(im, 3.0)), ("b", im.copy())])])).to_pylist()[0]
+    assert got["status"] == "pending" and got["mask_variant"] == "b"      # off: even a no-op, least l1
     assert {"clip_dir", "clip_img", "dino", "l1", "clipped_frac"} <= set(json.loads(got["scores"]))
 
 
@@ -198,7 +198,7 @@ def test_every_filter_that_applies_to_a_task_runs_on_it():
                                   "original_object": "the cat", "edited_object": "a fox"})
         rows.append(r)
     got = {r["task"]: set(json.loads(r["scores"])) for r in st(flow_table(rows)).to_pylist()}
-    base = {"clip_dir", "clip_img", "clip_out", "dino", "l1", "task_pred"}
+    base = {"clip_dir", "clip_img", "clip_out", "dino", "l1", "task_pred", "change_l1", "change_frac"}
     for t, keys in got.items():
         want = set(base)
         if t in ("texture", "global", "style", "color"):

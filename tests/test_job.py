@@ -106,3 +106,34 @@ def test_output_of_another_job_is_refused(demo_out, tmp_path, vllm_url):
     other = write_job(tmp_path / "other.yaml", vllm_url, seed=99)
     p = run_cli("run", str(other), "--out", str(out), "--no-progress", check=False)
     assert p.returncode == 2 and "different job" in p.stderr
+
+
+def test_every_accepted_pair_changes_more_than_the_floor(demo_out):
+    """Issue 16: no accepted row's output is (nearly) its input — each clears its task's
+    minimum-change floor, measured where the filter measures it, and says so in its scores."""
+    import numpy as np
+
+    from filters.config import FilterConfig
+    from filters.min_change import OBJECT_TASKS, change_measures
+    from pipeline.sources import decode_png
+
+    out, _ = demo_out
+    fc = FilterConfig()
+    rows = pq.read_table(out / "data").to_pylist()
+    assert rows
+    low, recorded = [], []
+    for r in rows:
+        a, b = decode_png(r["input_image"]["bytes"]), decode_png(r["output_image"]["bytes"])
+        masks = {m["variant"]: m["mask"]["bytes"] for m in (r.get("masks") or []) if m["mask"]}
+        png = masks.get("precise") if r["task"] in OBJECT_TASKS else None
+        png = png or ((r.get("mask") or {}).get("bytes"))
+        region = decode_png(png) > 0 if png else None
+        if region is not None and region.ndim == 3:
+            region = region.any(axis=2)
+        l1, frac = change_measures(a, b, region, fc.min_change_delta)
+        floor = fc.change_floor(r["task"])
+        if not (l1 >= floor.min_l1 or frac >= floor.min_frac) or np.abs(a.astype(int) - b.astype(int)).max() <= 8:
+            low.append((r["task"], r["id"], round(l1, 4), round(frac, 4)))
+        recorded.append(r["scores"].get("change_l1") == pytest.approx(l1, abs=1e-6))
+    assert not low, f"accepted pairs below the minimum-change floor: {low}"
+    assert all(recorded)

@@ -21,7 +21,8 @@ import json
 
 from filters import build_filters
 from filters.base import Candidate
-from filters.config import HIGHER_IS_BETTER
+from filters.config import higher_is_better
+from filters.detector_checks import mask_box
 from pipeline.schema import reject
 from pipeline.sources import decode_png
 from pipeline.stages.base import Stage
@@ -85,6 +86,7 @@ class FilterStage(Stage):
                                      "mask_png": row["mask_png"], "mask_variant": row["mask_variant"],
                                      "params": row["params"]}]
         # scores a calibration pass already computed for these very candidates are reused
+        obj_mask, obj_box = self._object(row)
         known = json.loads(row["candidates_report"])["candidates"] if row["candidates_report"] else []
         if len(known) != len(raw):
             known = [{}] * len(raw)
@@ -92,13 +94,24 @@ class FilterStage(Stage):
         for k, prior in zip(raw, known):
             c = Candidate(input_image=decode_png(k["input_png"]), output_image=decode_png(k["output_png"]),
                           params=json.loads(k["params"] or "{}"),
-                          mask=decode_png(k["mask_png"]) if k["mask_png"] else None, **common)
+                          mask=decode_png(k["mask_png"]) if k["mask_png"] else None,
+                          object_mask=obj_mask, object_box=obj_box, **common)
             c.raw = k
             # model scores only: verdict-producing filters still run, and task_pred is recomputed
             c.scores.update({m: v for m, v in (prior.get("scores") or {}).items()
                              if m in ("clip_dir", "clip_img", "clip_out", "dino", "l1", "depth_l1")})
             out.append(c)
         return out
+
+    @staticmethod
+    def _object(row: dict) -> tuple:
+        """The grounded object's precise mask and own box, whatever mask variant a candidate used:
+        the grounding stage's chosen detection box, else the box of the precise mask."""
+        mask = next((decode_png(m["png"]) for m in (row.get("masks") or []) if m["variant"] == "precise"), None)
+        g = json.loads(row["grounding"]) if row.get("grounding") else {}
+        if g.get("chosen") is not None and g.get("detections"):
+            return mask, tuple(float(v) for v in g["detections"][g["chosen"]]["box"])
+        return mask, mask_box(mask)
 
     # 3.–5. judge, select, record
     def _decide(self, row: dict, cands: list[Candidate], tp: dict | None) -> None:
@@ -119,7 +132,7 @@ class FilterStage(Stage):
                            "keep": failed is None,
                            "reason": None if failed is None else failed[1].reason})
         sel = self.fc.select_by
-        sign = 1.0 if HIGHER_IS_BETTER[sel] else -1.0
+        sign = 1.0 if higher_is_better(sel) else -1.0
 
         def key(i: int) -> float:
             v = cands[i].scores.get(sel)
