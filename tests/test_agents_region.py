@@ -19,6 +19,7 @@ from tasks.phrases import (appears_in, contains_phrase, head_noun, is_possessive
 
 REGION = ("local", "texture", "add", "remove", "background")
 KEYS = ["instruction", "original_object", "edited_object", "output_caption"]
+EXEMPLAR_KEYS = {"background": ["instruction", "subject", *KEYS[1:]]}     # + the optional subject
 QUERY_RE = re.compile(r"^Caption: (?P<caption>[^\n]+)$")
 
 
@@ -137,7 +138,7 @@ def test_exemplars_pass_task_checks(name):
         assert task.llm_query(caption, plan) == ex["query"], ex["id"]
         ans = ex["answer"]
         jsonschema.validate(ans, spec.answer_schema)
-        assert list(ans) == KEYS, ex["id"]
+        assert list(ans) == EXEMPLAR_KEYS.get(name, KEYS), ex["id"]
         # the same path a live answer takes: parse, schema, same-caption check, task check
         parsed, reason, _ = validate_answer(json.dumps(ans), spec.answer_schema, caption)
         assert reason is None and parsed == ans, (ex["id"], reason)
@@ -230,6 +231,23 @@ def test_remove_accepts_and_rejects():
     assert check("remove", **{**ok, "output": "A tabby cat sleeping on a table, with no vase"}) == "removed_object_still_in_output"
     assert check("remove", **{**ok, "output": "A tabby cat sleeping on a table among vases"}) == "removed_object_still_in_output"
     assert check("remove", **{**ok, "edited": "a lamp"}) == "edited_not_empty"
+
+
+def test_background_subject_key():
+    """The agent names the subject that stays: optional in the schema (the grounding stage falls back
+    to the detector), and every exemplar's is a noun phrase of its caption, not the setting — the
+    check the grounding stage applies (pipeline/grounding/targets.py:subject_issue)."""
+    from pipeline.grounding.targets import subject_issue
+    spec = load_prompt("background")
+    assert spec.answer_schema["properties"]["subject"] == {"type": "string"}
+    assert "subject" not in spec.answer_schema["required"] and '"subject"' in spec.system
+    jsonschema.validate({**answer("", "a beach", "A dog on a beach"), "subject": "a dog"}, spec.answer_schema)
+    for ex in spec.exemplars:
+        caption, ans = QUERY_RE.match(ex["query"])["caption"], ex["answer"]
+        assert subject_issue(ans["subject"], caption, ans["original_object"]) is None, ex["id"]
+    # at least one exemplar shows a bare subject before a verb ("Kittens play ...")
+    assert any(QUERY_RE.match(ex["query"])["caption"].lower().startswith(ex["answer"]["subject"] + " ")
+               and not ex["answer"]["subject"].startswith(("a ", "an ", "the ")) for ex in spec.exemplars)
 
 
 def test_background_accepts_and_rejects():

@@ -133,8 +133,10 @@ def test_stage_makes_pairs_and_masks(stage, photo):
     v = {x["variant"]: decode_png(x["png"]) for x in loc["masks"]}
     assert list(v) == ["precise", "dilated_blurred", "bbox"] and loc["output_png"] is None
     assert (v["dilated_blurred"][v["precise"] > 0] == 255).all() and not ((v["dilated_blurred"] > 0) & (v["bbox"] == 0)).any()
-    # background: the caption's subject grounded, the background mask stored
-    assert json.loads(bg["grounding"])["phrase"] == "a tabby cat"
+    # background: the agent named no subject, so the detector picked one of the caption's noun
+    # phrases ("the side" is a framing word, "a room" the setting); the background mask stored
+    gb = json.loads(bg["grounding"])
+    assert (gb["phrase"], gb["subject_source"], gb["subject_candidates"]) == ("a tabby cat", "detector", ["a tabby cat"])
     assert [x["variant"] for x in bg["masks"]] == ["background"] and decode_png(bg["masks"][0]["png"]).mean() > 0
     # other tasks, and rows with no image yet, pass through untouched
     assert col == before[4] and add == before[5]
@@ -170,6 +172,48 @@ def test_possessive_falls_back_to_plain_phrase_in_one_batched_call(photo):
     for r, tried in ((out[2], ["the dog's ear", "ear"]), (out[3], ["a unicorn"])):
         assert (r["status"], r["reject_stage"], r["reject_reason"]) == ("rejected", "ground", "no_object")
         assert json.loads(r["grounding"])["tried"] == tried and "box_threshold" in r["reject_detail"]
+
+
+def test_background_subject_from_agent_or_detector_never_word_position(photo):
+    """The subject is the agent's noun phrase when valid; else the detector's best among the
+    caption's noun phrases (all in one call); a subject the detector cannot find falls back to the
+    noun phrases too; nothing → ``no_subject``. The old rule grounded "dog sleeps"."""
+    stage = _stage()
+
+    class Best(PhraseDetector):          # finds every known phrase, "a couch" scoring highest
+        def detect(self, images, phrases):
+            self.calls.append([list(p) for p in phrases])
+            score = {"a couch": 0.9, "dog": 0.6, "children": 0.7, "football": 0.8}
+            return [sorted((Detection((10.0, 10.0, 60.0, 50.0), score[p], p) for p in ps if p in self.known),
+                           key=lambda d: -d.score) for ps in phrases]
+
+    stage.detector = Best({"dog", "a couch", "children", "football"})
+    bg = lambda ans, cap, i: _row("background", {"edited_object": "a beach", "output_caption": "x", **ans},
+                                  photo, caption=cap, i=i)
+    rows = [bg({"subject": "dog", "original_object": "a couch"}, "Dog sleeps on a couch", 0),          # agent's
+            bg({"subject": "dog sleeps", "original_object": "a couch"}, "Dog sleeps on a couch", 1),   # refused
+            bg({"original_object": "the park"}, "Children play football in the park", 2),             # none given
+            bg({"subject": "the park", "original_object": ""}, "Children play football in the park", 3),
+            bg({"subject": "a cat", "original_object": "a beach"}, "On a beach", 4)]                  # nothing
+    out = stage(flow_table(rows)).to_pylist()
+    g = [json.loads(r["grounding"]) for r in out]
+    assert stage.detector.calls[0] == [["dog"], ["dog"], ["children", "football"], ["the park"]]
+    assert (g[0]["phrase"], g[0]["subject_source"], g[0]["subject_issue"]) == ("dog", "llm", None)
+    assert (g[1]["phrase"], g[1]["subject_source"], g[1]["subject_issue"]) == ("dog", "detector", "subject_not_noun_phrase")
+    assert (g[2]["phrase"], g[2]["subject_source"]) == ("football", "detector")       # the best-scoring
+    # the agent's subject not found: the caption's noun phrases in a second call
+    assert stage.detector.calls[1] == [["children", "football"]]
+    assert (g[3]["phrase"], g[3]["subject_source"], g[3]["tried"]) == ("football", "detector",
+                                                                      ["the park", "children", "football"])
+    for r in out[:4]:
+        assert r["status"] == "pending" and [m["variant"] for m in r["masks"]] == ["background"]
+    assert (out[4]["status"], out[4]["reject_stage"], out[4]["reject_reason"]) == ("rejected", "ground", "no_subject")
+    assert g[4]["subject_issue"] == "subject_not_in_caption" and "subject_not_in_caption" in out[4]["reject_detail"]
+    # candidates the detector cannot find: no_subject, not a silent word-position guess
+    stage.detector = Best(set())
+    r = stage(flow_table([bg({"original_object": ""}, "Dog sleeps on a couch", 5)])).to_pylist()[0]
+    assert (r["status"], r["reject_reason"]) == ("rejected", "no_subject")
+    assert json.loads(r["grounding"])["tried"] == ["dog", "a couch"]
 
 
 def test_threshold_one_rejects_no_object(photo):

@@ -1,5 +1,6 @@
 """Mask variants: precise ⊆ dilated_blurred ⊆ bbox, sizes follow the image, the background mask is
-the widened complement of the foreground with a soft edge; and which phrase each task grounds."""
+the widened complement of the foreground with a soft edge; and which phrase each task grounds (the
+background task's subject: a noun phrase of the caption, never a word-position cut)."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +8,8 @@ import pytest
 
 from pipeline.grounding import masks as M
 from pipeline.grounding.config import GroundingConfig
-from pipeline.grounding.targets import caption_subject, grounds, target_for
+from pipeline.grounding.targets import (background_target, grounds, noun_phrases, subject_candidates,
+                                        subject_issue, target_for)
 
 
 def blob(h=120, w=160):
@@ -84,16 +86,60 @@ def test_background_is_the_widened_complement():
     assert np.array_equal(M.background_mask(fg, 0, 0), 255 - fg)
 
 
-@pytest.mark.parametrize("caption, subject", [
-    ("A golden retriever catching a frisbee in a park", "a golden retriever"),
-    ("Two cats on a sofa", "two cats"),
-    ("An old man's hat, resting on a bench", "an old man's hat"),
-    ("A tabby cat looking to the side", "a tabby cat"),
-    ("Astronaut", "astronaut"),
-    ("The quick brown fox jumps over the lazy dog", "the quick brown fox jumps"),   # no stop word: six words
+@pytest.mark.parametrize("caption, phrases", [
+    ("Dog sleeps on a couch", ["dog", "a couch"]),                            # not "dog sleeps"
+    ("Children play football in the park", ["children", "football", "the park"]),
+    ("A red bicycle leaning on a brick wall", ["a red bicycle", "a brick wall"]),
+    ("A golden retriever catching a frisbee in a park", ["a golden retriever", "a frisbee", "a park"]),
+    ("An old man's hat, resting on a bench", ["an old man's hat", "a bench"]),
+    ("The quick brown fox jumps over the lazy dog", ["the quick brown fox", "the lazy dog"]),
+    ("A pair of sneakers on a gym floor", ["a pair of sneakers", "a gym floor"]),
+    ("A small fishing boat on a calm lake", ["a small fishing boat", "a calm lake"]),
+    ("A man fishing in a lake", ["a man", "a lake"]),
+    ("A car parked in a garage", ["a car", "a garage"]),
+    ("A snow-covered cabin in the woods", ["a snow-covered cabin", "the woods"]),
+    ("Astronaut", ["astronaut"]),
 ])
-def test_caption_subject(caption, subject):
-    assert caption_subject(caption) == subject
+def test_noun_phrases(caption, phrases):
+    assert noun_phrases(caption) == phrases
+
+
+@pytest.mark.parametrize("subject, caption, setting, issue", [
+    ("dog", "Dog sleeps on a couch", "", None),
+    ("the dog", "Dog sleeps on a couch", "a couch", None),                    # articles may differ
+    ("dog sleeps", "Dog sleeps on a couch", "", "subject_not_noun_phrase"),   # a verb phrase
+    ("children play football", "Children play football in the park", "", "subject_not_noun_phrase"),
+    ("Children", "Children play football in the park", "the park", None),
+    ("red bicycle", "A red bicycle leaning on a brick wall", "", None),
+    ("a red", "A red bicycle leaning on a brick wall", "", "subject_not_noun_phrase"),  # no head
+    ("a red bicycle leaning", "A red bicycle leaning on a brick wall", "", "subject_not_noun_phrase"),
+    ("a cup of coffee", "A cup of coffee on a table", "a table", None),
+    ("a man and a woman", "A man and a woman dancing in a ballroom", "a ballroom", None),
+    ("a cat", "A dog on a mat", "", "subject_not_in_caption"),
+    ("a couch", "Dog sleeps on a couch", "the couch", "subject_is_background"),
+    ("  ", "Dog sleeps on a couch", "", "subject_empty"),
+])
+def test_subject_issue(subject, caption, setting, issue):
+    assert subject_issue(subject, caption, setting) == issue
+
+
+def test_background_subject_llm_then_detector_then_none():
+    cap = "Dog sleeps on a couch"
+    t = background_target({"subject": "dog", "original_object": "a couch"}, cap)
+    assert (t.phrase, t.source, t.issue) == ("dog", "llm", None)
+    # the agent's subject refused (a verb phrase) or missing: the detector picks among the noun
+    # phrases, the current setting left out
+    for ans in ({"subject": "dog sleeps", "original_object": "a couch"}, {"original_object": "a couch"}):
+        t = background_target(ans, cap)
+        assert (t.phrase, t.source, t.candidates) == ("", "detector", ("dog",)) and t.issue
+    assert background_target({"subject": "dog sleeps", "original_object": ""}, cap).candidates == ("dog", "a couch")
+    assert subject_candidates("Portrait of a businessman in a grey office", "a grey office") == ["a businessman"]
+    # neither: nothing is left to ground
+    t = background_target({"subject": "", "original_object": "a beach"}, "On a beach")
+    assert (t.source, t.candidates) == ("none", ())
+    # a possessive subject gets its plain form to retry with
+    t = background_target({"subject": "an old man's hat"}, "An old man's hat, resting on a bench")
+    assert (t.phrase, t.plain, t.source) == ("an old man's hat", "hat", "llm")
 
 
 def test_targets_per_task():
@@ -106,8 +152,10 @@ def test_targets_per_task():
     for task in ("add", "detect", "segment"):
         t = target_for(task, ans, "a dog")
         assert (t.phrase, t.plain, t.source) == ("a red scarf", None, "edited_object")
-    t = target_for("background", ans, "A dog on a beach")
-    assert (t.phrase, t.source) == ("a dog", "caption_subject")
+    t = target_for("background", {**ans, "subject": "a dog", "original_object": "a beach"}, "A dog on a beach")
+    assert (t.phrase, t.source) == ("a dog", "llm")
+    t = target_for("background", {"original_object": "a beach"}, "Dog runs on a beach")
+    assert (t.phrase, t.source, t.candidates) == ("", "detector", ("dog",))
     for task in ("color", "global", "style", "text", "depth"):
         assert not grounds(task) and target_for(task, ans, "a dog") is None
     assert target_for("detect", {"edited_object": "  "}, "x") is None

@@ -1,14 +1,18 @@
 """Grounding stage: Grounding DINO finds each sample's object, SAM cuts it out, the mask variants
 are stored; the detect and segment tasks make their pairs here.
 
-Which phrase a task grounds, and which masks it gets, is ``pipeline.grounding.targets``. Per batch:
+Which phrase a task grounds, and which masks it gets, is ``pipeline.grounding.targets``; the
+background task's subject is the agent's ``subject`` when it is a noun phrase of the caption, else
+the detector's best among the caption's noun phrases (all of them in one caption). Per batch:
 
     1. every row's image and phrase; rows of other tasks, and rows with no image yet (the add
        flow's generated base image arrives from the diffusion stage), pass through untouched
     2. one detector call for all images of the batch
     3. rows with no detection whose phrase was possessive: a second detector call, all of them
        together, with the de-possessed phrase (``<key>_plain`` from the instruction stage)
-    4. still nothing above threshold → reject ``no_object``
+       background rows whose agent subject found nothing: one call with the caption's noun phrases
+    4. still nothing above threshold → reject ``no_object`` (background: ``no_subject``, also when
+       the row has neither a valid agent subject nor a noun phrase to try)
     5. one segmenter call: the image encoder runs on all images needing a mask at once, then all
        boxes of an image in one prompt pass (detect needs only the box and skips it)
     6. masks: region tasks get precise / dilated_blurred / bbox, background its background mask;
@@ -53,47 +57,69 @@ class GroundStage(Stage):
         if target is None:
             reject(row, self.name, "no_phrase", f"nothing to ground for task {row['task']}")
             return None
+        if target.source == "none":
+            row["grounding"] = json.dumps({"subject_source": None, "subject_issue": target.issue,
+                                           "subject_candidates": []}, sort_keys=True)
+            reject(row, self.name, "no_subject", f"no subject: the agent's is unusable ({target.issue}) "
+                   "and the caption has no other noun phrase to detect")
+            return None
         try:
             image = decode_png(row["input_png"])
         except ValueError as e:
             reject(row, self.name, "bad_image", str(e))
             return None
-        return {"row": row, "answer": answer, "target": target, "image": image, "tried": [target.phrase],
-                "phrase": target.phrase, "dets": []}
+        first = [target.phrase] if target.phrase else list(target.candidates)
+        return {"row": row, "answer": answer, "target": target, "image": image, "tried": list(first),
+                "first": first, "phrase": target.phrase, "dets": [],
+                "subject_source": target.source if row["task"] == BACKGROUND_TASK else None}
 
-    def _detect(self, items: list[dict], phrase_of) -> None:
+    def _detect(self, items: list[dict], phrases_of) -> None:
+        """One detector call; ``phrases_of(item)`` is the list of phrases for its image. The phrase
+        grounded is the best detection's (with one phrase, that phrase)."""
         if not items:
             return
-        found = self.detector.detect([it["image"] for it in items], [[phrase_of(it)] for it in items])
+        found = self.detector.detect([it["image"] for it in items], [phrases_of(it) for it in items])
         for it, dets in zip(items, found):
-            it["dets"], it["phrase"] = dets, phrase_of(it)
+            it["dets"] = dets
+            it["phrase"] = dets[0].phrase if dets else phrases_of(it)[0]
 
     def _grounding_json(self, it: dict, chosen: int | None) -> str:
         t: Target = it["target"]
         d = {"phrase": it["phrase"], "phrase_source": t.source, "tried": it["tried"],
-             "used_plain": it["phrase"] != t.phrase,
+             "used_plain": t.plain is not None and it["phrase"] == t.plain,
              "detections": [{"box": list(x.box), "score": round(x.score, 4), "phrase": x.phrase} for x in it["dets"]],
              "chosen": chosen, "detector": self.detector.model_id,
              "segmenter": self.segmenter.model_id if it.get("segmented") else None,
              "box_threshold": self.g.box_threshold, "text_threshold": self.g.text_threshold}
+        if it["row"]["task"] == BACKGROUND_TASK:
+            d.update(phrase_source="subject", subject_source=it["subject_source"] if chosen is not None else None,
+                     subject_issue=t.issue, subject_candidates=list(t.candidates))
         return json.dumps(d, sort_keys=True)
 
     def process(self, rows: list[dict]) -> None:
         # 1. images and phrases
         items = [it for it in (self._prepare(r) for r in rows) if it is not None]
         # 2. one detector call for the batch
-        self._detect(items, lambda it: it["target"].phrase)
+        self._detect(items, lambda it: it["first"])
         # 3. second try with the de-possessed phrase, again batched
         retry = [it for it in items if not it["dets"] and it["target"].plain]
         for it in retry:
             it["tried"].append(it["target"].plain)
-        self._detect(retry, lambda it: it["target"].plain)
+        self._detect(retry, lambda it: [it["target"].plain])
+        # 3b. background: the agent's subject not found → the detector picks among the caption's
+        #     noun phrases
+        retry = [it for it in items if not it["dets"] and it["subject_source"] == "llm" and it["target"].candidates]
+        for it in retry:
+            it["tried"].extend(it["target"].candidates)
+            it["subject_source"] = "detector"
+        self._detect(retry, lambda it: list(it["target"].candidates))
         # 4. nothing found
         live = []
         for it in items:
             if not it["dets"]:
                 it["row"]["grounding"] = self._grounding_json(it, None)
-                reject(it["row"], self.name, "no_object",
+                reason = "no_subject" if it["row"]["task"] == BACKGROUND_TASK else "no_object"
+                reject(it["row"], self.name, reason,
                        f"no box above box_threshold={self.g.box_threshold} for {' / '.join(map(repr, it['tried']))}")
             else:
                 live.append(it)
