@@ -10,7 +10,10 @@ What is guaranteed, and tested here:
     than inside and than an unblended edit" is asserted;
   * identical captions, full injection and the source's guidance reproduce the input, whatever the
     batch holds (a row-layout bug would break it);
-  * candidates in one batch give what each gives alone.
+  * candidates in one batch give what each gives alone;
+  * injection is counted per (kind, layer, step): self-attention only in layers with at most
+    ``self_max_tokens`` tokens for the first N_s steps, cross-attention in every cross layer for the
+    first N_c, none with ``inject=False``, and an edit with injection differs from one without.
 """
 from __future__ import annotations
 
@@ -145,6 +148,35 @@ def test_identical_captions_full_injection_reproduce_the_input(which, request):
     for out in res.raw_images:
         assert np.abs(out.astype(int) - img).max() <= 1           # the source regenerated = the base
     torch.testing.assert_close(res.latents[1:], res.latents[:1].expand(3, -1, -1, -1), atol=1e-4, rtol=1e-4)
+    # "full injection": without it identical captions reproduce the input trivially, so check it ran
+    assert {kind for kind, _, step in res.injections if step == STEPS - 1} == {"self", "cross"}, res.injections
+
+
+@pytest.mark.parametrize("which", ["sd", "sd_deep"])
+def test_injection_happens_on_the_configured_layers_and_steps_only(which, request):
+    comps = request.getfixturevalue(which)
+    img = generate_base(comps, CAPTION, seed=7, steps=STEPS, guidance=7.5, size=SIZE)
+    # N_s = 0.5 → steps 0..2, N_c = 1/3 → steps 0..1; one call per layer and step
+    cand = [P2PCandidate(7.5, 1 / 3, 0.5, 0.0, None)]
+    res = p2p_edit(comps, P2PSource(CAPTION, img, seed=7), TARGET, cand, steps=STEPS, self_max_tokens=256)
+    names = [n.removesuffix(".processor") for n in comps.unet.attn_processors]
+    # 64 px → 32×32 latents: the self-attention layers at 16×16 or coarser (≤ 256 tokens) are shared,
+    # 32×32 ones not
+    coarse = {"sd": ("down_blocks.1.", "mid_block.", "up_blocks.0."),
+              "sd_deep": ("down_blocks.1.", "mid_block.", "up_blocks.1.")}[which]
+    self_l = {n for n in names if n.endswith("attn1") and n.startswith(coarse)}
+    cross_l = {n for n in names if n.endswith("attn2")}
+    assert self_l and cross_l
+    if which == "sd_deep":
+        assert any(n.endswith("attn1") and n not in self_l for n in names)     # 32×32 layers exist, untouched
+    want = ({("self", n, i): 1 for n in self_l for i in range(3)}
+            | {("cross", n, i): 1 for n in cross_l for i in range(2)})
+    assert dict(res.injections) == want
+    off = p2p_edit(comps, P2PSource(CAPTION, img, seed=7), TARGET, cand, steps=STEPS, inject=False)
+    assert not off.injections
+    # and injection changes the edit
+    d = (res.latents[1] - off.latents[1]).abs().mean().item()
+    assert d > 1e-3 * off.latents[1].abs().mean().item(), d
 
 
 def test_outside_the_mask_stays_the_input(sd, base):

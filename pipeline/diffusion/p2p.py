@@ -9,6 +9,7 @@ input exactly; identical captions and the source's guidance reproduce the source
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,10 +49,13 @@ class P2PResult:
     source_image: np.ndarray                # the source branch decoded (≈ the input up to the VAE)
     latents: torch.Tensor                   # (1+k, 4, h, w) final latents, row 0 the source
     raw_images: list[np.ndarray]            # candidates as decoded, before paste-back
+    injections: Counter = field(default_factory=Counter)   # (kind, layer, step) → injections applied
 
 
 def p2p_edit(comps: SDComponents, source: P2PSource, target_prompt: str, cands: list[P2PCandidate], *,
-             steps: int, paste: bool = True, self_max_tokens: int = 256, guidance_rescale: float = 0.0) -> P2PResult:
+             steps: int, paste: bool = True, self_max_tokens: int = 256, guidance_rescale: float = 0.0,
+             inject: bool = True) -> P2PResult:
+    """``inject=False``: no self- or cross-attention injection (mask blending stays): the baseline."""
     # 1. check inputs
     if not cands:
         raise ValueError("no candidates")
@@ -75,7 +79,7 @@ def p2p_edit(comps: SDComponents, source: P2PSource, target_prompt: str, cands: 
                                self_steps=[n_steps(c.n_self, steps) for c in cands],
                                cross_steps=[n_steps(c.n_cross, steps) for c in cands],
                                token_map=tmap.expand(k, -1), token_alpha=alpha.expand(k, -1),
-                               inject_uncond=False, self_layer=size_filter(self_max_tokens))
+                               inject_uncond=False, self_layer=size_filter(self_max_tokens), inject=inject)
     masks = torch.cat([latent_mask(c.mask, (lh, lw), comps.device, comps.dtype) for c in cands])
     inp = BranchInputs(z_T=z_T, src_emb=src_emb, cand_emb=tgt_emb.expand(k, -1, -1), uncond_emb=uncond,
                        cand_guidance=[c.guidance for c in cands], src_guidance=source.guidance,
@@ -87,4 +91,4 @@ def p2p_edit(comps: SDComponents, source: P2PSource, target_prompt: str, cands: 
     imgs = vae_decode(comps, lat)
     raw = imgs[1:]
     out = [paste_back(im, source.image, c.mask) if paste else im for im, c in zip(raw, cands)]
-    return P2PResult(images=out, source_image=imgs[0], latents=lat, raw_images=raw)
+    return P2PResult(images=out, source_image=imgs[0], latents=lat, raw_images=raw, injections=control.log)

@@ -7,6 +7,7 @@ the matching half of the source (its unconditional row sees the empty caption, a
 extraction does) — all candidates in one batch."""
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,13 @@ class PnPCandidate:
     feature_frac: float = 0.8
 
 
+@dataclass
+class PnPResult:
+    images: list[np.ndarray]                # one per candidate
+    latents: torch.Tensor                   # (1+k, 4, h, w) final latents, row 0 the source (= the input's latent)
+    injections: Counter                     # (kind, layer, step) → injections applied ("feature" / "self")
+
+
 def check_self_layers(comps: SDComponents, patterns: list[str]) -> None:
     import fnmatch
     names = [n.removesuffix(".processor") for n in comps.unet.attn_processors]
@@ -34,8 +42,9 @@ def check_self_layers(comps: SDComponents, patterns: list[str]) -> None:
 
 def pnp_edit(comps: SDComponents, trajectory: list[torch.Tensor], source_prompt: str, target_prompt: str,
              cands: list[PnPCandidate], *, steps: int, feature_layers: list[str], self_layers: list[str],
-             guidance_rescale: float = 0.0) -> tuple[list[np.ndarray], torch.Tensor]:
-    """Returns the candidates' images and the final latents (row 0: the source = the input's latent)."""
+             guidance_rescale: float = 0.0, inject: bool = True) -> PnPResult:
+    """``inject=False``: the same sampling from the inverted noise with no feature or attention
+    injection (the baseline PnP's structure preservation is measured against)."""
     # 1. check inputs
     if not cands:
         raise ValueError("no candidates")
@@ -48,9 +57,9 @@ def pnp_edit(comps: SDComponents, trajectory: list[torch.Tensor], source_prompt:
     control = AttentionControl(BatchLayout(k, source_cfg=True),
                                self_steps=[n_steps(c.n_self, steps) for c in cands],
                                feature_steps=[n_steps(c.feature_frac, steps) for c in cands],
-                               inject_uncond=True, self_layer=name_filter(self_layers))
+                               inject_uncond=True, self_layer=name_filter(self_layers), inject=inject)
     inp = BranchInputs(z_T=trajectory[0], src_emb=src_emb, cand_emb=tgt_emb.expand(k, -1, -1), uncond_emb=uncond,
                        cand_guidance=[c.guidance for c in cands], trajectory=trajectory, source_uncond=True)
     # 4. one batched run, 5. decode
     lat = run_branches(comps, inp, control, steps, feature_layers=feature_layers, guidance_rescale=guidance_rescale)
-    return vae_decode(comps, lat[1:]), lat
+    return PnPResult(vae_decode(comps, lat[1:]), lat, control.log)

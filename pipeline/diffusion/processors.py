@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -76,25 +77,38 @@ class AttentionControl:
     ``*_steps[j]``: candidate j receives that kind of injection while ``step < *_steps[j]``.
     ``inject_uncond``: also inject into the unconditional rows (PnP does; P2P edits only the
     conditional half, as the original code does). ``token_map``/``token_alpha`` (k × L): for each
-    token position of candidate j's caption, the aligned source position and 1 where aligned."""
+    token position of candidate j's caption, the aligned source position and 1 where aligned.
+    ``inject=False`` switches every injection off (the schedules are kept, the processors run plain
+    attention): the baseline the tests compare against. ``log`` counts the injections applied per
+    (kind, layer, step); ``calls`` sums it per kind."""
 
     def __init__(self, layout: BatchLayout, *, self_steps: list[int], cross_steps: list[int] | None = None,
                  feature_steps: list[int] | None = None, token_map: torch.Tensor | None = None,
                  token_alpha: torch.Tensor | None = None, inject_uncond: bool = False,
-                 self_layer: Callable[[str, int], bool] = lambda name, n_tokens: True):
+                 self_layer: Callable[[str, int], bool] = lambda name, n_tokens: True, inject: bool = True):
         k = layout.n_cand
         for what, v in (("self_steps", self_steps), ("cross_steps", cross_steps), ("feature_steps", feature_steps)):
             if v is not None and len(v) != k:
                 raise ValueError(f"{what} has {len(v)} entries for {k} candidates")
         if cross_steps is not None and any(cross_steps) and (token_map is None or token_alpha is None):
             raise ValueError("cross-attention injection needs token_map and token_alpha")
-        self.layout, self.inject_uncond, self.self_layer = layout, inject_uncond, self_layer
+        self.layout, self.inject_uncond, self.self_layer, self.inject = layout, inject_uncond, self_layer, inject
         self.steps = {"self": list(self_steps), "cross": list(cross_steps or [0] * k),
                       "feature": list(feature_steps or [0] * k)}
         self.token_map, self.token_alpha = token_map, token_alpha
         self.step = -1
         self._pairs: dict[str, _Pairs | None] = {}
-        self.calls = {"self": 0, "cross": 0, "feature": 0}     # injections applied (tests, reports)
+        self.log: Counter[tuple[str, str, int]] = Counter()   # (kind, layer, step) → injections applied
+
+    @property
+    def calls(self) -> dict[str, int]:
+        out = {"self": 0, "cross": 0, "feature": 0}
+        for (kind, _, _), n in self.log.items():
+            out[kind] += n
+        return out
+
+    def record(self, kind: str, layer: str) -> None:
+        self.log[(kind, layer, self.step)] += 1
 
     def set_step(self, step: int, device: torch.device | str = "cpu") -> None:
         self.step = step
@@ -104,7 +118,7 @@ class AttentionControl:
         for kind, until in self.steps.items():
             dst, src, cand = [], [], []
             for j, n in enumerate(until):
-                if step < n:
+                if self.inject and step < n:
                     dst.append(lay.cand_c(j)); src.append(lay.src_c); cand.append(j)
                     if self.inject_uncond:
                         dst.append(lay.cand_u(j)); src.append(lay.src_u); cand.append(j)
@@ -157,7 +171,7 @@ class ControlledAttnProcessor:
                 # the candidate attends with the source's map: softmax(q_s k_sᵀ) v_cand
                 query, key = query.clone(), key.clone()
                 query[p.dst], key[p.dst] = query[p.src], key[p.src]
-                ctl.calls["self"] += 1
+                ctl.record("self", self.name)
             out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
         else:
             p = ctl.pairs("cross")
@@ -165,7 +179,7 @@ class ControlledAttnProcessor:
                 out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
             else:
                 out = self._injected_cross(attn, query, key, value, attention_mask, p)
-                ctl.calls["cross"] += 1
+                ctl.record("cross", self.name)
 
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
@@ -191,14 +205,14 @@ class ControlledAttnProcessor:
         return torch.matmul(probs.to(value.dtype), value)
 
 
-def _feature_hook(control: AttentionControl):
+def _feature_hook(control: AttentionControl, name: str):
     def hook(module, inputs, output):
         p = control.pairs("feature")
         if p is None:
             return output
         output = output.clone()
         output[p.dst] = output[p.src]
-        control.calls["feature"] += 1
+        control.record("feature", name)
         return output
     return hook
 
@@ -225,8 +239,8 @@ def controlled(unet, control: AttentionControl, *, feature_layers: list[str] | N
         unet.set_attn_processor({name: ControlledAttnProcessor(control, name.removesuffix(".processor"))
                                  for name in before})
         if feature_layers:
-            for _, mod in matching_modules(unet, feature_layers, ResnetBlock2D, "diffusion.pnp_feature_layers"):
-                handles.append(mod.register_forward_hook(_feature_hook(control)))
+            for name, mod in matching_modules(unet, feature_layers, ResnetBlock2D, "diffusion.pnp_feature_layers"):
+                handles.append(mod.register_forward_hook(_feature_hook(control, name)))
         yield
     finally:
         for h in handles:

@@ -141,10 +141,10 @@ class DiffusionGenerators:
         out: list[Candidate] = []
         for lo in range(0, len(params), c.candidate_chunk):
             chunk = params[lo:lo + c.candidate_chunk]
-            imgs, _ = pnp_edit(self.t2i, traj, source_prompt, target_prompt,
-                               [PnPCandidate(p["guidance"], p["n_self"], p["feature_frac"]) for p in chunk],
-                               steps=c.steps, feature_layers=c.pnp_feature_layers, self_layers=c.pnp_self_layers,
-                               guidance_rescale=self.rescale)
+            imgs = pnp_edit(self.t2i, traj, source_prompt, target_prompt,
+                            [PnPCandidate(p["guidance"], p["n_self"], p["feature_frac"]) for p in chunk],
+                            steps=c.steps, feature_layers=c.pnp_feature_layers, self_layers=c.pnp_self_layers,
+                            guidance_rescale=self.rescale).images
             for j, (p, img) in enumerate(zip(chunk, imgs)):
                 out.append(Candidate(image, img, None, "blank", {
                     "recipe": "pnp", "candidate": lo + j, **p, "steps": c.steps, "source": how,
