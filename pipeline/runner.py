@@ -33,6 +33,7 @@ from pipeline.stages.io import CALIBRATION_DIR, PlanShards, save_calibration, wr
 # a later import of pipeline.stages resolved to the install's tree instead of the job's working dir
 # and then failed to import the working dir's pipeline.grounding submodules.
 from pipeline.stages import CHAIN, FilterStage
+from pipeline.llm.backends import OpenAIServerBackend
 from pipeline.llm.server import ServerWatch, VLLMServer      # (the same: it is used after ray.init)
 from pipeline.storage import Store
 
@@ -70,7 +71,7 @@ def llm_service(cfg: JobConfig, log_dir: Path, on_change=None):
     if llm.url:
         name = f"LLM server {llm.url} (llm.url)"
         wait_for_server(name, llm.url, llm.api_key, llm.wait_s)
-        with ServerWatch(name, lambda: _answers(llm.url, llm.api_key), on_change=on_change) as watch:
+        with ServerWatch(name, lambda: OpenAIServerBackend.answers(llm.url, llm.api_key, timeout_s=5), on_change=on_change) as watch:
             yield llm.url, watch
         return
 
@@ -95,19 +96,9 @@ def llm_service(cfg: JobConfig, log_dir: Path, on_change=None):
             yield srv.url, watch
 
 
-def _answers(url: str, api_key: str | None) -> bool:
-    from pipeline.llm.backends import OpenAIServerBackend
-    try:
-        OpenAIServerBackend.list_models(url, api_key=api_key, timeout_s=5)
-        return True
-    except Exception:
-        return False
-
-
 def wait_for_server(name: str, url: str, api_key: str | None, wait_s: float) -> None:
     """Block until the server lists its models; JobError naming it after ``wait_s`` seconds."""
     from pipeline.faults import backoff_s
-    from pipeline.llm.backends import OpenAIServerBackend
     t0, attempt = time.monotonic(), 0
     while True:
         try:

@@ -155,6 +155,15 @@ class OpenAIServerBackend(LLMBackend):
             data = json.loads(r.read())
         return [m["id"] for m in data.get("data", [])]
 
+    @classmethod
+    def answers(cls, url: str, api_key: str | None = None, timeout_s: float = 10) -> bool:
+        """The health check the job and the stages share: the server lists its models."""
+        try:
+            cls.list_models(url, api_key=api_key, timeout_s=timeout_s)
+            return True
+        except Exception:
+            return False
+
     def _payload(self, rq: ChatRequest, with_schema: bool) -> dict:
         body: dict[str, Any] = {
             "model": self.model,

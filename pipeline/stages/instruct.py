@@ -124,14 +124,8 @@ class InstructStage(Stage):
         return f"LLM server {self.llm.url}" if self.llm.url else f"LLM backend {self.backend.name}"
 
     def _server_answers(self) -> bool:
-        if not self.llm.url:
-            return True
         from pipeline.llm.backends import OpenAIServerBackend
-        try:
-            OpenAIServerBackend.list_models(self.llm.url, api_key=self.llm.api_key, timeout_s=10)
-            return True
-        except Exception:
-            return False
+        return not self.llm.url or OpenAIServerBackend.answers(self.llm.url, self.llm.api_key)
 
     def _check_deadline(self, t0: float, why: str) -> None:
         down = time.monotonic() - t0
