@@ -227,3 +227,26 @@ def test_job_with_every_diffusion_task(vllm_url, tmp_path):
         if r["task"] == "style":
             assert p["recipe"] == "pnp" and "n_self" in p
     assert run_cli("verify", str(out)).returncode == 0
+
+
+def test_add_edit_on_a_generated_base_clears_the_change_floor(one_thread):
+    """The embedded default's add recipe: base y from the output caption, P2P back to the input
+    caption inside the object. With the stand-in UNet's text pathway at random-init strength every
+    candidate stayed under the region floor (≤ 0.9% mean change, ≤ 3% of the pixels: a demo of no
+    add pairs); ``TINY_TEXT_GAIN`` makes some candidates real edits while the most injected stay put."""
+    from filters.config import DEFAULT_CHANGE_FLOORS
+    from filters.min_change import change_measures
+    from pipeline.diffusion.config import DiffusionConfig
+    from pipeline.diffusion.recipes import DiffusionGenerators
+
+    g = DiffusionGenerators(DiffusionConfig(), "tiny-random", None)
+    y, base = g.base_image("a small white dog on a sofa wearing a red hat", 1234)
+    m = np.zeros(y.shape[:2], np.uint8)
+    m[y.shape[0] // 4: 3 * y.shape[0] // 4, y.shape[1] // 4: 3 * y.shape[1] // 4] = 255
+    cands = g.p2p_candidates("add", y, base, "a small white dog on a sofa wearing a red hat",
+                             "a small white dog on a sofa", {"precise": m}, np.random.default_rng(1))
+    floor = DEFAULT_CHANGE_FLOORS["add"]
+    measured = [change_measures(c.input_image, c.output_image, m > 0) for c in cands]
+    passing = [(l1, frac) for l1, frac in measured if l1 >= floor.min_l1 or frac >= floor.min_frac]
+    assert passing, f"every add candidate is a no-op: {measured}"
+    assert len(passing) < len(cands), "strongly injected candidates should stay close to the base"
