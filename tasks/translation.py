@@ -15,7 +15,12 @@ Answer checks (reject reasons):
   direction_mismatch           the answer's direction is not the planned one;
   instruction_wrong_direction  an image_to_map instruction does not name the map (no word of the
                                task's ``map_words``), or a map_to_image instruction does not describe
-                               the photo to produce (no content word of the caption).
+                               the photo to produce (no content word of the caption);
+  map_on_the_wrong_side        the instruction names the map, but only as what the other direction
+                               has it be: an image_to_map pair (photo → map) whose instruction says
+                               "… a photo of galaxies from these normal maps", or a map_to_image
+                               pair whose instruction says "turn this into a depth map". The pair
+                               would teach the reverse of what it says.
 """
 from __future__ import annotations
 
@@ -67,6 +72,36 @@ def contains_phrase(words: list[str], phrase: tuple[str, ...]) -> bool:
     return n > 0 and any(tuple(words[i:i + n]) == phrase for i in range(len(words) - n + 1))
 
 
+# Words right before a map mention that make the map the input ("from this depth map", "using the
+# sketch", "shaped by these normals", "matching this pose") or the output ("into a depth map",
+# "as a sketch"); and words right after it that make it the input ("this depth map into a …").
+SOURCE_BEFORE = frozenset({"from", "using", "use", "following", "follow", "match", "matche", "matching",
+                           "fit", "fitting", "by", "given", "based"})
+TARGET_BEFORE = frozenset({"into", "to", "as"})
+SOURCE_AFTER = frozenset({"into"})
+CUE_WINDOW = 3          # how many words before the mention may hold the cue ("from these surface normal")
+
+
+def map_roles(words: list[str], phrases) -> list[str]:
+    """For every mention of the map in ``words`` (normalised): "source" when the words around it
+    make the map the input, "target" when they make it the output, else "plain"."""
+    roles = []
+    for phrase in phrases:
+        n = len(phrase)
+        for i in range(len(words) - n + 1):
+            if tuple(words[i:i + n]) != phrase:
+                continue
+            before, after = words[max(0, i - CUE_WINDOW):i], words[i + n:i + n + 2]
+            cue = next((w for w in reversed(before) if w in SOURCE_BEFORE | TARGET_BEFORE), None)
+            if cue in SOURCE_BEFORE or SOURCE_AFTER & set(after):
+                roles.append("source")
+            elif cue in TARGET_BEFORE:
+                roles.append("target")
+            else:
+                roles.append("plain")
+    return roles
+
+
 def render_query(caption: str, direction: str) -> str:
     return f"Caption: {caption.strip()}\nDirection: {direction}"
 
@@ -106,11 +141,18 @@ class TranslationTask(Task):
         instruction = answer.get("instruction")
         if not isinstance(instruction, str):
             return "instruction_wrong_direction"
+        words = normalise_words(instruction)
+        roles = map_roles(words, self.map_phrases())
         if direction == "image_to_map":
-            return None if self.names_map(instruction) else "instruction_wrong_direction"
+            if not roles:
+                return "instruction_wrong_direction"
+            # every mention has the map as the input: the instruction asks for the reverse pair
+            return "map_on_the_wrong_side" if set(roles) == {"source"} else None
         content = self.content_words(caption)
-        if content and not content & set(normalise_words(instruction)):
+        if content and not content & set(words):
             return "instruction_wrong_direction"
+        if roles and set(roles) == {"target"}:
+            return "map_on_the_wrong_side"
         return None
 
     def make_pair(self, image: np.ndarray, answer: dict[str, Any], plan: dict[str, Any],

@@ -131,6 +131,36 @@ def test_rejects_map_to_image_without_caption_content(task):
     assert task.check_answer("A photo of it", ans, {"direction": "map_to_image"}) is None
 
 
+def test_rejects_the_map_on_the_wrong_side(task):
+    """An instruction that names the map only as the other direction's end teaches the reverse pair
+    (the demo accepted the normal pair photo → map "Create a global images of these distant galaxies
+    from these normal map.")."""
+    cap = "Distant galaxies scattered across a dark sky"
+    w = task.map_words[0]
+    wrong = {"image_to_map": [f"Create an image of these distant galaxies from this {w}.",
+                              f"Use the {w} to render the galaxies.",
+                              f"Turn this {w} into a picture of galaxies."],
+             "map_to_image": [f"Turn the galaxies photo into a {w}.", f"Show the galaxies as a {w}."]}
+    for direction, texts in wrong.items():
+        for text in texts:
+            ans = {"instruction": text, "direction": direction}
+            assert task.check_answer(cap, ans, {"direction": direction}) == "map_on_the_wrong_side", text
+    right = {"image_to_map": [f"Turn the galaxies photo into a {w}.", f"Make a {w} from this photo."],
+             "map_to_image": [f"Create an image of these distant galaxies from this {w}.",
+                              f"Turn this {w} into a picture of galaxies."]}
+    for direction, texts in right.items():
+        for text in texts:
+            assert task.check_answer(cap, {"instruction": text, "direction": direction},
+                                     {"direction": direction}) is None, text
+
+
+def test_the_demo_normal_pair_with_the_reversed_instruction_is_rejected():
+    ans = {"instruction": "Create a global images of these distant galaxies from these normal map.",
+           "direction": "image_to_map"}
+    assert TASKS["normal"]().check_answer("The Hubble deep field: countless distant galaxies", ans,
+                                          {"direction": "image_to_map"}) == "map_on_the_wrong_side"
+
+
 # ---------------------------------------------------------------- prompt files
 
 
