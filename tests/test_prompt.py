@@ -78,3 +78,23 @@ def test_fixed_prompt_baseline_keeps_everything_in_order():
     p = build(spec, "q", 5, keep_fraction=1.0, shuffle=False, swap=False)
     assert p.exemplar_ids == [e["id"] for e in spec.exemplars] and p.verb_swaps == {}
     assert build(spec, "other query", 6, keep_fraction=1.0, shuffle=False, swap=False).messages[:-1] == p.messages[:-1]
+
+
+def test_a_description_is_not_an_instruction():
+    """Two demo pairs were accepted with a caption for an instruction; requests that open with an
+    article still pass, and so does every exemplar of every prompt file."""
+    from pipeline.llm.answers import instruction_issue, reads_as_description
+    from pipeline.llm.prompt import load_prompt
+    from tasks import TASK_IDS
+
+    for text in ("The snake on a white background, a circular green and orange emblem.",
+                 "The cat is a tabby cat, a two-legged cat that can be a blue fox or a pink mouse.",
+                 "A red barn in a snowy field at dusk."):
+        assert reads_as_description(text), text
+        assert instruction_issue({"instruction": text}, "", 3, 400)[0] == "not_a_request"
+    for text in ("The sky should be stormy.", "A pencil sketch of this, please.", "The dog, but make it a cat.",
+                 "This photo at night can you do that?", "Remove the snake.", "Can you make the cat a fox?"):
+        assert not reads_as_description(text), text
+    for task in TASK_IDS:
+        for ex in load_prompt(task).exemplars:
+            assert not reads_as_description(ex["answer"]["instruction"]), (task, ex["id"])

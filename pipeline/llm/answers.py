@@ -5,6 +5,10 @@ Reasons are stable codes counted in the statistics:
   llm_invalid_json     no JSON object could be parsed (garbage, prose, truncated)
   llm_schema           JSON parsed but violates the task's schema (the detail names the key)
   llm_same_caption     the output caption equals the input caption
+  instruction_length   the instruction is shorter or longer than the job's bounds
+  not_a_request        the "instruction" is a description ("The snake on a white background, a
+                       circular green and orange emblem."): it opens like a caption and no word of
+                       it asks for anything
   <task-specific>      from ``Task.check_answer``
 """
 from __future__ import annotations
@@ -73,10 +77,38 @@ def _norm(s: str) -> str:
 OBJECT_KEYS = ("original_object", "edited_object")
 
 
+# How a caption opens. An instruction almost never does (none of the 300-odd exemplars of the
+# prompt files), unless a request follows ("The sky should be stormy", "A pencil sketch, please").
+CAPTION_OPENERS = frozenset("the a an this these that those there its".split())
+# Words that make a sentence a request: modal and polite markers, and imperative edit verbs (the
+# prompt files' verb lists and the verbs people use for these sixteen tasks).
+REQUEST_WORDS = frozenset("""
+please pls plz should must need needs want wants let lets make turn change add
+put place insert remove delete erase take get replace swap switch transform convert render draw
+generate create produce show give highlight mark outline box circle locate find detect segment paint
+color colour recolor recolour brighten darken increase decrease adjust blur sharpen reduce boost apply
+set restyle reimagine rework edit update rewrite write estimate compute extract isolate select mask
+alter modify morph remake redo redraw recreate reinterpret repaint retouch revise tweak shift spot
+pinpoint identify delineate eliminate include pop position process output cut fill use keep give
+become becomes
+""".split())
+
+
+def reads_as_description(text: str) -> bool:
+    """The text opens like a caption (an article or demonstrative first) and asks for nothing."""
+    words = _norm(text).split()
+    if not words or words[0] not in CAPTION_OPENERS or REQUEST_WORDS & set(words):
+        return False
+    # "can you …" asks; "a cat that can be a fox" describes
+    return not any(a in ("can", "could", "would", "will") and b == "you" for a, b in zip(words, words[1:]))
+
+
 def instruction_issue(answer: dict, caption: str, min_chars: int, max_chars: int) -> tuple[str, str] | None:
     ins = answer.get("instruction")
     if isinstance(ins, str) and not (min_chars <= len(ins) <= max_chars):
         return "instruction_length", f"{len(ins)} characters, bounds [{min_chars}, {max_chars}]"
+    if isinstance(ins, str) and reads_as_description(ins):
+        return "not_a_request", ins[:200]
     return None
 
 
