@@ -269,6 +269,12 @@ class ColorTask(Task):
     def llm_query(self, caption: str, plan: dict[str, Any]) -> str:
         return render_query(caption, [op["phrase"] for op in plan["ops"]])
 
+    def check_answer(self, caption: str, answer: dict[str, Any], plan: dict[str, Any]) -> str | None:
+        from tasks.color_words import color_instruction_issue
+
+        issue = color_instruction_issue(answer.get("instruction") or "", plan.get("ops") or [])
+        return issue[0] if issue else None
+
     def make_pair(self, image: np.ndarray, answer: dict[str, Any], plan: dict[str, Any],
                   rng: np.random.Generator) -> Pair:
         # 1. check inputs

@@ -267,6 +267,10 @@ def test_prompt_exemplars_match_task(prompt, task):
         # exactly what llm_query renders for a plan with these phrases
         plan = {"ops": [{"op": n, "phrase": p} for n, p in zip(names, phrases)]}
         assert task.llm_query(m["caption"], plan) == ex["query"], ex["id"]
+        for o in plan["ops"]:                 # a factor on the phrase's side of 1 (direction check)
+            if o["op"] == "brightness":
+                o["factor"] = 1.5 if "brighter" in o["phrase"] else 0.5
+        assert task.check_answer(m["caption"], ex["answer"], plan) is None, ex["id"]
         _validate(ex["answer"], prompt["answer_schema"])
         assert verb_re.search(ex["answer"]["instruction"]), (ex["id"], "no verb from the verb set")
         assert ex["answer"]["output_caption"] != m["caption"], ex["id"]
@@ -327,3 +331,26 @@ def test_exposure_filter(photo):
     assert ExposureFilter(min_contrast_ratio=0.0)(_cand(white, white)).keep
     # a strong but legitimate edit keeps
     assert f(_cand(photo, C.adjust_contrast(photo, 0.45))).keep
+
+
+def test_instruction_must_ask_for_exactly_the_planned_effects(task):
+    """Two color pairs of a demo run were accepted with instructions naming effects the pixels do not
+    show ("more vibrant and bright … and sharp" over a sharpened pair; "add … detail" over a blur)."""
+    cap = "Stained tissue with brown cell membranes and blue nuclei"
+    sharpen = {"ops": [{"op": "sharpen", "amount": 1.0, "phrase": "sharpen the details"}]}
+    blur = {"ops": [{"op": "gaussian_blur", "ksize": 7, "phrase": "add a slight blur"}]}
+    darker = {"ops": [{"op": "brightness", "factor": 0.6, "phrase": "make it darker"},
+                      {"op": "defocus", "radius": 4, "phrase": "make it slightly out of focus"}]}
+    cases = [
+        (sharpen, "Meddle the image with the details, making it look more vibrant and bright and light blue, "
+                  "and sharp and bright.", "color_op_unplanned"),
+        (blur, "Tighten the blur; add a small tiny-detail to enhance the image.", "color_op_unplanned"),
+        (blur, "Make the tissue image more vivid.", "color_op_missing"),
+        (darker, "Make it brighter and a little out of focus.", "color_wrong_direction"),
+        (darker, "Make it darker.", "color_op_missing"),
+        (sharpen, "Sharpen the details of the cell membranes.", None),
+        (blur, "Add a slight blur.", None),
+        (darker, "Darken the slide and throw it slightly out of focus.", None),
+    ]
+    for plan, text, want in cases:
+        assert task.check_answer(cap, {"instruction": text, "output_caption": "x"}, plan) == want, text
