@@ -203,6 +203,9 @@ def _quiet_ray_data():
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.verbose_stats_logs = False
+    # the high-memory detector prints a paragraph every 30 s when a stage's tasks hold a few GB,
+    # which model-holding stages always do; our own progress line says where the job is
+    ctx.issue_detectors_config.detectors = []
 
 
 def _local_dir(store: Store, name: str, cfg: JobConfig) -> Path:

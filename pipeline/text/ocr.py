@@ -56,9 +56,14 @@ def resolve_model_dir(configured: str | None) -> str:
 def _easyocr_reader(model_dir: str, languages: tuple[str, ...], gpu: bool):
     """One EasyOCR model per process and setting: the text stage and the OCR filter of one actor
     process (or the stages a test builds) share it instead of loading 100 MB of weights again."""
+    import warnings
+
     import easyocr
 
-    with _weights_only_torch_load():
+    # EasyOCR quantizes its recogniser on the CPU with torch.quantize_per_tensor, which torch 2.14
+    # deprecates: a two-line UserWarning per worker process on the job's console, nothing to act on
+    with _weights_only_torch_load(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor", category=UserWarning)
         return easyocr.Reader(list(languages), gpu=gpu, model_storage_directory=model_dir,
                               user_network_directory=model_dir, download_enabled=False, verbose=False)
 
