@@ -270,9 +270,27 @@ def test_prompt_exemplars_match_task(prompt, task):
         _validate(ex["answer"], prompt["answer_schema"])
         assert verb_re.search(ex["answer"]["instruction"]), (ex["id"], "no verb from the verb set")
         assert ex["answer"]["output_caption"] != m["caption"], ex["id"]
+        assert task.check_answer(m["caption"], ex["answer"], plan) is None, ex["id"]   # the task's own check
         captions.add(m["caption"])
     assert ops_seen == set(C.OPS)                         # every op has an exemplar
     assert len(captions) == len(prompt["exemplars"])      # varied subjects
+
+
+def test_rejects_instruction_naming_an_object_the_caption_lacks(task):
+    """A global change described through an object that is not in the photo teaches the editor
+    that object; objects of the caption (or of the same group: dog ~ retriever) are fine."""
+    cap = "A golden retriever lying on a wooden porch"
+    plan = {"ops": [{"op": "brightness", "factor": 1.4, "phrase": "make it brighter"}]}
+
+    def check(ins):
+        return task.check_answer(cap, {"instruction": ins, "output_caption": "A brighter photo"}, plan)
+    for bad in ("Make the red car brighter", "Brighten the photo so the cats stand out",
+                "Lighten the image, especially the sofa"):
+        assert check(bad) == "instruction_object_not_in_caption", bad
+    for ok in ("Make the photo brighter", "Brighten the porch", "Make the dog brighter",
+               "Brighten it as if the sun came out, with an orange glow on the sky",   # no objects
+               "Brighten it a couple of stops, jet black shadows kept"):             # not object senses
+        assert check(ok) is None, ok
 
 
 def test_prompt_loads_with_pipeline_loader():
