@@ -301,6 +301,12 @@ def test_prompt_loads_with_pipeline_loader():
     assert built.messages[-1]["content"] == "Caption: a cat\nChange: make it darker"
     for msg in built.messages[3:-1:2]:
         assert QUERY_RE.match(msg["content"])
+    # exemplars as the model sees them (verbs swapped) still pass the task's check
+    task = get_task("color")
+    for seed in range(10):
+        built = prompt_mod.build(spec, "Caption: a cat\nChange: make it darker", seed=seed)
+        for q, a in zip(built.messages[3:-1:2], built.messages[4:-1:2]):
+            assert task.check_answer(QUERY_RE.match(q["content"])["caption"], json.loads(a["content"]), {}) is None
 
 
 # ---------------------------------------------------------------- filters
