@@ -15,11 +15,14 @@ _GAP = r"(?:\s+[\w'’-]+){0,4}?\s+"
 _WORDS = (
     # verbs whose meaning is removal (any inflection: remov-e/-ed/-ing/-al, eras-e/-ing, ...)
     r"remov\w*", r"delet\w*", r"eras\w*", r"eliminat\w*", r"wip(?:e|es|ed|ing)", r"scrub\w*",
-    r"strip\w*", r"ditch\w*", r"discard\w*", r"dispos\w*", r"omit\w*", r"effac\w*", r"obliterat\w*",
-    r"expung\w*", r"purg\w*", r"banish\w*", r"vanish\w*", r"disappear\w*", r"clear\w*", r"clean\w*",
-    r"hid(?:e|es|ing|den)", r"cover\w*", r"blot\w*", r"drop\w*", r"nix\w*", r"zap\w*", r"lose", r"rid",
+    r"ditch\w*", r"discard\w*", r"dispos(?:e|es|ed|ing|al)", r"omit\w*", r"effac\w*", r"obliterat\w*",
+    r"expung\w*", r"purg\w*", r"banish\w*", r"vanish\w*", r"disappear\w*", r"nix\w*", r"zap\w*",
+    # inflections spelled out where a longer word means something else: "clearer", "striped",
+    # "blanket", "snow-covered", "droplet" are no removals
+    r"strip(?:s|ped|ping)?", r"clear(?:s|ed|ing)?", r"clean(?:s|ed|ing)?", r"hid(?:e|es|ing|den)",
+    r"cover(?:s|ed|ing)?", r"blot(?:s|ted|ting)?", r"drop(?:s|ped|ping)?", r"lose", r"rid",
     # states the result is described by
-    r"gone", r"without", r"blank\w*", r"bare", r"empty", r"absent", r"missing", r"no\s+longer",
+    r"gone", r"without", r"blank(?:s|ed|ing)?", r"bare", r"empty", r"absent", r"missing", r"no\s+longer",
     r"no\s+more", r"free\s+of", r"nothing",
 )
 # verb + particle, with the object possibly in between ("take the vase away", "edit it out")
@@ -29,7 +32,8 @@ _PHRASES = (
     rf"(?:paint|rub|black|white|edit|cut|leave|left|pull|scratch|cross|brush|sand|peel)\w*{_GAP}(?:out|over|off|away)",
     r"(?:paint|rub|black|white|edit|cut|leave|pull|scratch|cross|brush|peel)\w*\s+(?:out|over|off|away)",
 )
-_REMOVAL = re.compile(r"\b(?:" + "|".join(_PHRASES + _WORDS) + r")\b", re.IGNORECASE)
+# not after a hyphen: "snow-covered", "half-empty" describe, they do not ask
+_REMOVAL = re.compile(r"(?<![\w-])(?:" + "|".join(_PHRASES + _WORDS) + r")\b", re.IGNORECASE)
 
 
 def asks_removal(instruction: str) -> bool:

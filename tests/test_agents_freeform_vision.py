@@ -322,6 +322,9 @@ def test_text_remove_names_the_old_text_and_asks_for_a_removal():
     assert remove("Erase the word CLOSE") == "old_text_not_in_instruction"         # whole words only
     assert remove("Make the word CLOSED red") == "not_a_removal"
     assert remove("Change the sign so CLOSED is bigger") == "not_a_removal"
+    for not_removal in ("Make CLOSED clearer", "Put CLOSED on a blanket", "Paint CLOSED in striped letters",
+                        "Write CLOSED on the snow-covered sign"):
+        assert remove(not_removal) == "not_a_removal", not_removal
 
 
 def test_text_new_text_is_matched_as_whole_words():

@@ -41,10 +41,8 @@ class GroundStage(Stage):
     resources_key = "ground"
 
     def setup(self) -> None:
-        from pipeline.grounding.detector import build_detector
+        from pipeline.grounding.detector import build_detector, detector_refs
         from pipeline.grounding.segmenter import build_segmenter
-
-        from pipeline.grounding.detector import detector_refs
         from pipeline.models.provenance import model_ref
 
         self.g = self.cfg.grounding
