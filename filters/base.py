@@ -49,6 +49,11 @@ class Filter(ABC):
     def prepare(self, candidates: list[Candidate]) -> None:
         """Batch work before the per-candidate calls (model inference); default: nothing."""
 
+    def model_refs(self) -> dict[str, str]:
+        """provenance.models entries of the models this filter runs (pipeline/models/provenance.py);
+        a filter without a model has none. Called once per actor by the filter stage."""
+        return {}
+
     @abstractmethod
     def __call__(self, c: Candidate) -> Verdict: ...
 

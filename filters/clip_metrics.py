@@ -21,6 +21,13 @@ class ClipMetricsFilter(Filter):
         self.cfg = cfg
         self.models = models or MetricModels(clip=clip, dino=dino, device=device)
 
+    def model_refs(self) -> dict[str, str]:
+        from pipeline.models.provenance import model_ref
+        refs = {"clip": model_ref(self.models.clip.spec, self.models.clip)}
+        if self.models.dino is not None:
+            refs["dino"] = model_ref(self.models.dino.spec, self.models.dino)
+        return refs
+
     def prepare(self, candidates: list[Candidate]) -> None:
         todo = [c for c in candidates if "clip_dir" not in c.scores]
         got = self.models.compute([c.input_image for c in todo], [c.output_image for c in todo],

@@ -26,10 +26,18 @@ class DepthL1Filter(Filter):
 
     def __init__(self, cfg, depth: str = "tiny-random", predict: DepthFn | None = None, device: str = "cpu"):
         self.cfg = cfg
+        self.estimator = None
         if predict is None:
             from pipeline.models.depth import DepthEstimator
-            predict = DepthEstimator(depth, device).predict
+            self.estimator = DepthEstimator(depth, device)
+            predict = self.estimator.predict
         self.predict = predict
+
+    def model_refs(self) -> dict[str, str]:
+        if self.estimator is None:              # a depth function handed in (tests): not ours to name
+            return {}
+        from pipeline.models.provenance import model_ref
+        return {"depth": model_ref(self.estimator.spec, self.estimator)}
 
     def applies_to(self, task: str) -> bool:
         return self.cfg.resolved_rules(task).get("depth_l1") is not None

@@ -59,6 +59,10 @@ class DetectorChecks(Filter):
         self.min_iou = float(min_iou)
         self._found: dict[int, dict[str, float]] = {}
 
+    def model_refs(self) -> dict[str, str]:
+        from pipeline.grounding.detector import detector_refs
+        return detector_refs(self.detector)
+
     def _queries(self, c: Candidate) -> list[tuple[str, str, list[str]]]:
         """(which image, what it is about, phrases) per check of the candidate's task."""
         a = c.answer

@@ -28,6 +28,10 @@ class OcrChecks(Filter):
         self.cfg = text_cfg
         self.ocr = ocr or OcrReader(text_cfg.ocr_model_dir, text_cfg.ocr_languages, text_cfg.min_confidence, gpu=gpu)
 
+    def model_refs(self) -> dict[str, str]:
+        ref = getattr(self.ocr, "ref", None)
+        return {"ocr": ref()} if ref else {}
+
     def __call__(self, c: Candidate) -> Verdict:
         from pipeline.text.checks import check_pair
 

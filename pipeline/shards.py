@@ -319,20 +319,25 @@ def compact_shard(store: Store, k: int, parts: list[str], expected: int, write_r
 
 
 def reject_duplicate_instructions(t: pa.Table) -> pa.Table:
-    """The same instruction twice for one caption within a shard: the later samples (by index) are
-    rejected as ``instruct:duplicate_instruction``. Done here, on the shard's fixed set of rows, so
-    a row never depends on which rows happened to share its batch (it did when the instruction stage
-    checked its own batch: a resumed job could then differ from an undisturbed one)."""
+    """The same instruction twice for one caption: every accepted sample after the first accepted
+    one (by index) is rejected as ``instruct:duplicate_instruction``.
+
+    "One caption" is one source row (its id): the same caption text on two images makes two
+    different pairs. The check is job-wide although it sees one shard: a shard holds whole source
+    rows (``output.rows_per_shard`` is a multiple of ``source.repeats``, pipeline/config.py). Done
+    here, on the shard's fixed set of rows, so a row never depends on which rows shared its batch (it
+    did when the instruction stage checked its own batch: a resumed job could then differ from an
+    undisturbed one), and the driver holds nothing per sample."""
     from pipeline.llm.answers import normalise_instruction
 
-    caps, ins = t.column("input_caption").to_pylist(), t.column("instruction").to_pylist()
+    srcs, ins = t.column("source_id").to_pylist(), t.column("instruction").to_pylist()
     status = t.column("status").to_pylist()
     seen, dup = set(), []
-    for i, (c, x) in enumerate(zip(caps, ins)):
-        if x is None:
+    for i, (s, x) in enumerate(zip(srcs, ins)):
+        if x is None or status[i] != "accepted":   # only kept pairs can duplicate each other
             continue
-        key = (c, normalise_instruction(x))
-        if key in seen and status[i] == "accepted":
+        key = (s, normalise_instruction(x))
+        if key in seen:
             dup.append(i)
         seen.add(key)
     if not dup:

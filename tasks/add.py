@@ -5,6 +5,9 @@ prompt-to-prompt back to x with the input caption; the pair is (x, y) (pipeline/
 Answer keys (all strings): ``instruction``; ``original_object`` — always "" (nothing is replaced);
 ``edited_object`` — the added object, a short detector phrase that is NOT in the input caption and
 IS in ``output_caption``; ``output_caption``.
+
+The instruction must name the added object (its head noun): "put a hat on the dog" for a pair that
+adds a scarf teaches the wrong object.
 """
 from __future__ import annotations
 
@@ -36,4 +39,6 @@ class AddTask(Task):
             return "edited_already_in_caption"
         if not appears_in(edited, output):
             return "edited_not_in_output"
+        if not appears_in(edited, str(answer.get("instruction") or "")):
+            return "edited_not_in_instruction"
         return None

@@ -8,6 +8,9 @@ as the caption states it, or "" when the caption states none; ``edited_object`` 
 ("a snowy mountain pass"), which appears in ``output_caption`` and differs from the original
 (the same phrase after normalisation, or a phrase the input caption already contains, counts as
 unchanged: "a beach" for "a dog on a sunny beach"); ``output_caption``.
+
+The instruction must name the new background (its head noun: "trail" of "a snowy mountain trail"),
+or the pair teaches "put the dog somewhere cold" → a particular trail.
 """
 from __future__ import annotations
 
@@ -37,4 +40,6 @@ class BackgroundTask(Task):
             return "edited_not_in_output"
         if (original.strip() and same_phrase(edited, original)) or contains_phrase(caption, edited):
             return "background_unchanged"          # the "new" background is the caption's own
+        if not appears_in(edited, str(answer.get("instruction") or "")):
+            return "background_not_in_instruction"
         return None

@@ -6,6 +6,11 @@ brightness, contrast, saturation, hue, gaussian_blur, sharpen (unsharp mask), de
 ``plan`` draws one or two distinct operations with parameters sampled away from identity, plus a
 short human phrase per operation; the phrases go into the LLM query so the agent's instruction
 describes exactly the change the pixels will show. ``make_pair`` applies the operations in order.
+
+Answer keys: ``instruction`` and ``output_caption``. The change is global: an instruction may name
+things of the caption ("so the red car leans pink") but no object the caption lacks ("make the red
+car brighter" over a photo with no car), which is a counted reject
+``instruction_object_not_in_caption`` (tasks/object_nouns.py).
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import numpy as np
 
 from tasks import register
 from tasks.base import Pair, SampleReject, Task
+from tasks.object_nouns import absent_objects
 
 OPS = ("brightness", "contrast", "saturation", "hue", "gaussian_blur", "sharpen", "defocus")
 # At most one op of this group per sample: "blur then sharpen" is not an edit anyone asks for.
@@ -272,6 +278,8 @@ class ColorTask(Task):
     def check_answer(self, caption: str, answer: dict[str, Any], plan: dict[str, Any]) -> str | None:
         from tasks.color_words import color_instruction_issue
 
+        if absent_objects(str(answer.get("instruction") or ""), caption):
+            return "instruction_object_not_in_caption"
         issue = color_instruction_issue(answer.get("instruction") or "", plan.get("ops") or [])
         return issue[0] if issue else None
 

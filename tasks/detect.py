@@ -3,7 +3,8 @@ object ("draw a box around the dog").
 
 Agent: ``plan`` is empty, the query is the caption, and the agent answers with an instruction and
 ``edited_object``, the object to locate as a short detector phrase whose head noun must occur in
-the caption.
+the caption and in the instruction (the box is drawn around that object: "find it", or "find the
+rug" over a box around the dog, would teach the wrong request).
 
 Pair (made in the grounding stage, ``stage = "grounding"``): the stage detects ``edited_object``
 (or its de-possessed form) and hands the best detection to ``make_pair``, which draws the box's
@@ -63,8 +64,11 @@ class DetectTask(Task):
     prompt_file = "detect.yaml"
 
     def check_answer(self, caption: str, answer: dict[str, Any], plan: dict[str, Any]) -> str | None:
-        if not appears_in(answer.get("edited_object", ""), caption):
+        obj = answer.get("edited_object", "")
+        if not appears_in(obj, caption):
             return "object_not_in_caption"
+        if not appears_in(obj, answer.get("instruction", "")):
+            return "object_not_in_instruction"
         return None
 
     def make_pair(self, image: np.ndarray, answer: dict[str, Any], plan: dict[str, Any],

@@ -6,6 +6,10 @@ with guidance, N_c, N_s and blend_s sampled (pipeline/diffusion/recipes.py).
 Answer keys (all strings): ``instruction``; ``original_object`` — the object to change, a short
 detector phrase that appears in the input caption; ``edited_object`` — what it becomes, which
 appears in ``output_caption`` and has a different head noun; ``output_caption``.
+
+The instruction must name both (head nouns): which object changes — a caption may hold a cat and a
+vase — and what it becomes; "make it a fox" says neither which object nor, for "turn the cat into
+a wolf" over a fox pair, the right result.
 """
 from __future__ import annotations
 
@@ -37,4 +41,9 @@ class LocalTask(Task):
             return "edited_not_in_output"
         if head_noun(edited) == head_noun(original):
             return "object_unchanged"
+        instruction = str(answer.get("instruction") or "")
+        if not appears_in(original, instruction):
+            return "original_not_in_instruction"
+        if not appears_in(edited, instruction):
+            return "edited_not_in_instruction"
         return None

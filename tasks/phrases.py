@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 
 __all__ = ["normalise_word", "normalise_words", "normalise_phrase", "head_noun", "appears_in",
-           "is_possessive", "same_phrase", "contains_phrase"]
+           "is_possessive", "same_phrase", "contains_phrase", "added_words", "mentions_any"]
 
 _APOS = "'\u2019\u02bc`"
 _POSSESSIVE_RE = re.compile(rf"(?<=\w)(?:[{_APOS}]s\b|(?<=s)[{_APOS}](?!\w))", re.IGNORECASE)
@@ -115,6 +115,26 @@ def appears_in(phrase: str, text: str) -> bool:
     """True when the phrase's head noun is one of the text's normalised words."""
     head = head_noun(phrase)
     return bool(head) and head in normalise_words(text)
+
+
+def added_words(edited: str, original: str) -> list[str]:
+    """The edited phrase's normalised words that the original lacks, articles dropped: what a
+    texture edit changes ("the wooden table" → "a marble table": ["marble"])."""
+    before = set(normalise_phrase(original).split())
+    return [w for w in normalise_phrase(edited).split() if w not in before]
+
+
+def _same_stem(a: str, b: str) -> bool:
+    # a noun and the adjective made from it count as one word ("gold"/"golden", "marble"/"marbled",
+    # "wood"/"wooden", "silk"/"silky"); below four letters only equal words match ("ice" ≠ "icon")
+    short, long_ = sorted((a, b), key=len)
+    return a == b or (len(short) >= 4 and long_.startswith(short))
+
+
+def mentions_any(words: list[str], text: str) -> bool:
+    """True when one of the normalised ``words`` is among the text's normalised words (stems too)."""
+    hay = normalise_words(text)
+    return any(_same_stem(w, h) for w in words for h in hay)
 
 
 _CONTRACTIONS = frozenset({"it", "that", "there", "here", "what", "who", "he", "she", "let"})

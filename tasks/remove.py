@@ -5,6 +5,10 @@ mask-blended prompt-to-prompt to y with the output caption (pipeline/diffusion/r
 Answer keys (all strings): ``instruction``; ``original_object`` — the object to remove, a short
 detector phrase that appears in the input caption; ``edited_object`` — always ""; ``output_caption``
 — the scene without it (the object's head noun must not appear in it).
+
+The instruction must name the object (its head noun, plurals folded: "remove the vases" names
+"the vase") and ask for a removal (tasks/removal_words.py): a pair that removes the vase under
+"remove the cat" or "make the vase blue" teaches the wrong meaning.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from typing import Any
 from tasks import register
 from tasks.base import Task
 from tasks.phrases import appears_in, region_fields
+from tasks.removal_words import asks_removal
 
 
 @register
@@ -36,4 +41,9 @@ class RemoveTask(Task):
             return "original_not_in_caption"
         if appears_in(original, output):
             return "removed_object_still_in_output"
+        instruction = str(answer.get("instruction") or "")
+        if not appears_in(original, instruction):
+            return "original_not_in_instruction"
+        if not asks_removal(instruction):
+            return "not_a_removal"
         return None

@@ -3,7 +3,8 @@ painted over ("segment the dog").
 
 Agent: ``plan`` is empty, the query is the caption, and the agent answers with an instruction and
 ``edited_object``, the object to segment as a short detector phrase whose head noun must occur in
-the caption — the same answer and check as detect, so it subclasses DetectTask.
+the caption and in the instruction — the same answer and checks as detect, so it subclasses
+DetectTask.
 
 Pair (made in the grounding stage): the stage detects the object and SAM cuts it out; ``make_pair``
 paints the precise mask's pixels with a sampled colour at a sampled opacity (both in ``params``).

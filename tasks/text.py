@@ -9,6 +9,9 @@ The pair generator is ``pipeline.text.editor.TextEditor`` (EasyOCR finds the nam
 inpainted; add = inpainted -> original, remove = original -> inpainted, replace = new text drawn on
 the inpainted region in the chosen font and colour; DESIGN.md §3). The text stage
 (``pipeline/stages/text.py``) holds one editor per actor and passes it in.
+
+The checks tie the instruction to the pair: add and replace name the new text; remove names the
+old text and asks for a removal (tasks/removal_words.py); texts are matched as whole words.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import numpy as np
 
 from tasks import register
 from tasks.base import Pair, Task
+from tasks.removal_words import asks_removal
 
 OPS = ("add", "remove", "replace")
 _QUOTES = "\"'\u2018\u2019\u201c\u201d`"
@@ -28,6 +32,21 @@ def _squash(s: str) -> str:
     """Case-folded, whitespace-collapsed, surrounding quote marks dropped: how texts are compared
     (a model that writes new_text as '"OPEN"' or old_text as '""' means OPEN and nothing)."""
     return re.sub(r"\s+", " ", (s or "").strip().strip(_QUOTES).strip()).casefold()
+
+
+def _words(s: str) -> list[str]:
+    return re.findall(r"[^\W_]+", (s or "").casefold())
+
+
+def names_text(text: str, instruction: str) -> bool:
+    """The text's words occur in the instruction, in order and as whole words, whatever the
+    punctuation and case around them ("soup of the day - tomato!" names "Soup of the day, tomato";
+    "number 142" does not name "42"). A text without letters or digits is matched as a string."""
+    need, hay = _words(text), _words(instruction)
+    if not need:
+        return _squash(text) in _squash(instruction)
+    n = len(need)
+    return any(hay[i:i + n] == need for i in range(len(hay) - n + 1))
 
 
 def render_query(caption: str, op: str) -> str:
@@ -55,8 +74,15 @@ class TextTask(Task):
             return "text_op_mismatch"
         if op == "replace" and old == new:
             return "text_unchanged"
-        if want_new and new not in _squash(answer.get("instruction", "")):
+        instruction = answer.get("instruction", "")
+        if want_new and not names_text(new, instruction):
             return "new_text_not_in_instruction"
+        if op == "remove":
+            # the pair erases old_text: the instruction names it and asks for it to go
+            if not names_text(old, instruction):
+                return "old_text_not_in_instruction"
+            if not asks_removal(instruction):
+                return "not_a_removal"
         return None
 
     def make_pair(self, image: np.ndarray, answer: dict[str, Any], plan: dict[str, Any],

@@ -8,6 +8,9 @@ texture ("a marble table"), which appears in ``output_caption``; ``output_captio
 Checks: the original object is in the caption, the edited one in the output caption, the edited
 phrase differs from the original after normalisation (the texture word makes the difference), and
 both name the same thing (same head noun: a texture edit keeps the object, "local" swaps it).
+The instruction names the object (head noun) and at least one word the edited phrase adds to the
+original — the texture ("marble" for "the wooden table" → "a marble table"; a noun and its
+adjective count as one: "gold" ~ "golden").
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from typing import Any
 
 from tasks import register
 from tasks.base import Task
-from tasks.phrases import appears_in, head_noun, region_fields, same_phrase
+from tasks.phrases import added_words, appears_in, head_noun, mentions_any, region_fields, same_phrase
 
 
 @register
@@ -41,4 +44,9 @@ class TextureTask(Task):
             return "object_unchanged"
         if head_noun(edited) != head_noun(original):
             return "texture_changes_object"
+        instruction = str(answer.get("instruction") or "")
+        if not appears_in(original, instruction):
+            return "original_not_in_instruction"
+        if not mentions_any(added_words(edited, original), instruction):
+            return "texture_not_in_instruction"
         return None

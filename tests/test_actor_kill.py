@@ -42,7 +42,7 @@ def _stage_actors(root_pid: int) -> list[psutil.Process]:
 
 def test_killed_stage_actor_loses_no_sample(vllm_url, tmp_path):
     cache = str(tmp_path / "llm_cache")
-    job = write_job(tmp_path / "job.yaml", vllm_url, source__limit=9, source__repeats=2,
+    job = write_job(tmp_path / "job.yaml", vllm_url, source__limit=6, source__repeats=3,
                     output__rows_per_shard=3, llm__cache_dir=cache,
                     stages__instruct={"actors": 1, "num_cpus": 0.25, "batch_size": 2},
                     stages__cpu={"actors": 1, "num_cpus": 0.25, "batch_size": 2})

@@ -274,8 +274,8 @@ def test_text_rejects_new_text_not_in_instruction():
     for op, old in (("add", ""), ("replace", "CLOSED")):
         bad = _text_answer(old, "OPEN", "Change the sign so it welcomes customers")
         assert task.check_answer("A shop sign", bad, {"op": op}) == "new_text_not_in_instruction"
-    # remove has no new text: nothing to quote
-    assert task.check_answer("A shop sign", _text_answer("CLOSED", "", "Blank out the sign"),
+    # remove has no new text: nothing to quote (it names the old one instead)
+    assert task.check_answer("A shop sign", _text_answer("CLOSED", "", "Blank out the CLOSED sign"),
                              {"op": "remove"}) is None
 
 
@@ -290,6 +290,47 @@ def test_vision_rejects_object_not_in_caption(name):
         assert task.check_answer(cap, {"instruction": "Find it", "edited_object": obj}, {}) \
             == "object_not_in_caption", obj
     for obj in ("the labrador", "the labrador's collar", "Blue collars", "the rug on the floor"):
-        assert task.check_answer(cap, {"instruction": "Find it", "edited_object": obj}, {}) is None, obj
+        assert task.check_answer(cap, {"instruction": f"Find {obj}", "edited_object": obj}, {}) is None, obj
     assert accept(task, cap, {"instruction": "Find the cat", "edited_object": "the cat"}, {}) \
         == "object_not_in_caption"
+
+
+@pytest.mark.parametrize("name", ["detect", "segment"])
+def test_vision_rejects_object_not_in_instruction(name):
+    """The box or mask is drawn for edited_object: the instruction must ask for that object."""
+    task = get_task(name)
+    cap = "A black labrador wearing a blue collar lying on a rug"
+    for ins in ("Find it", "Draw a box around the rug", "Segment the dog"):
+        assert task.check_answer(cap, {"instruction": ins, "edited_object": "the labrador"}, {}) \
+            == "object_not_in_instruction", ins
+    for ins, obj in (("Highlight the labradors", "the labrador"), ("Mark the dog's collar", "the labrador's collar")):
+        assert task.check_answer(cap, {"instruction": ins, "edited_object": obj}, {}) is None, ins
+
+
+def test_text_remove_names_the_old_text_and_asks_for_a_removal():
+    task = get_task("text")
+    cap = "A shop sign that says CLOSED"
+
+    def remove(instruction):
+        return task.check_answer(cap, {**_text_answer("CLOSED", "", instruction), "font": "", "color": ""},
+                                 {"op": "remove"})
+    for ok in ("Erase the word CLOSED", "Remove 'closed' from the sign", "Get rid of the CLOSED sign text",
+               "Make CLOSED disappear", "Retouch the sign so CLOSED is gone", "Leave the sign blank, no CLOSED",
+               "take CLOSED off the sign", "wipe out the text \"Closed\"", "Clear the word CLOSED away"):
+        assert remove(ok) is None, ok
+    assert remove("Blank out the sign") == "old_text_not_in_instruction"           # which text?
+    assert remove("Erase the word CLOSE") == "old_text_not_in_instruction"         # whole words only
+    assert remove("Make the word CLOSED red") == "not_a_removal"
+    assert remove("Change the sign so CLOSED is bigger") == "not_a_removal"
+    for not_removal in ("Make CLOSED clearer", "Put CLOSED on a blanket", "Paint CLOSED in striped letters",
+                        "Write CLOSED on the snow-covered sign"):
+        assert remove(not_removal) == "not_a_removal", not_removal
+
+
+def test_text_new_text_is_matched_as_whole_words():
+    task = get_task("text")
+    ans = _text_answer("", "42", "Put the number 142 on the shirt")
+    assert task.check_answer("A plain shirt", ans, {"op": "add"}) == "new_text_not_in_instruction"
+    # punctuation and case around the words do not matter
+    ans = _text_answer("", "Soup of the day, tomato", "Write: soup of the day - tomato!")
+    assert task.check_answer("A chalkboard", ans, {"op": "add"}) is None

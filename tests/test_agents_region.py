@@ -154,10 +154,10 @@ def test_exemplars_pass_task_checks(name):
 def test_verb_swaps(name):
     """build() swaps every verb of the set inside an exemplar instruction; each instruction holds at
     most one (so a swap never yields two clashing verbs) and a swap keeps the rest of the text."""
-    spec = load_prompt(name)
+    spec, task = load_prompt(name), get(name)
     rng = np.random.default_rng(0)
     for ex in spec.exemplars:
-        text = ex["answer"]["instruction"]
+        text, caption = ex["answer"]["instruction"], QUERY_RE.match(ex["query"])["caption"]
         assert len(spec.verb_pattern.findall(text)) <= 1, ex["id"]
         for _ in range(5):
             new, swaps = swap_verbs(text, spec, rng)
@@ -166,6 +166,9 @@ def test_verb_swaps(name):
                 (old, verb), = swaps
                 assert verb in spec.verbs
                 assert spec.verb_pattern.sub("V", new) == spec.verb_pattern.sub("V", text), ex["id"]
+            # a swapped exemplar still passes its task's checks (a swap never drops the object
+            # or, for remove, the removal wording)
+            assert task.check_answer(caption, {**ex["answer"], "instruction": new}, {}) is None, (ex["id"], new)
 
 
 @pytest.mark.parametrize("name", REGION)
@@ -194,7 +197,8 @@ def check(name, caption=CAPTION, **kw):
 
 
 def test_local_accepts_and_rejects():
-    ok = dict(original="the tabby cat", edited="a red fox", output="A red fox sleeping on a wooden table next to a vase")
+    ok = dict(original="the tabby cat", edited="a red fox", output="A red fox sleeping on a wooden table next to a vase",
+              instruction="Turn the cat into a fox")
     assert check("local", **ok) is None
     assert check("local", **{**ok, "original": "the dog"}) == "original_not_in_caption"
     assert check("local", **{**ok, "edited": "a wolf"}) == "edited_not_in_output"
@@ -203,7 +207,8 @@ def test_local_accepts_and_rejects():
 
 
 def test_texture_accepts_and_rejects():
-    ok = dict(original="the wooden table", edited="a marble table", output="A tabby cat sleeping on a marble table next to a vase")
+    ok = dict(original="the wooden table", edited="a marble table", output="A tabby cat sleeping on a marble table next to a vase",
+              instruction="Redo the table in marble")
     assert check("texture", **ok) is None
     assert check("texture", **{**ok, "original": "the marble floor"}) == "original_not_in_caption"
     assert check("texture", **{**ok, "edited": "a marble counter"}) == "edited_not_in_output"
@@ -214,7 +219,8 @@ def test_texture_accepts_and_rejects():
 
 
 def test_add_accepts_and_rejects():
-    ok = dict(original="", edited="a tiny crown", output="A tabby cat wearing a tiny crown sleeping on a wooden table next to a vase")
+    ok = dict(original="", edited="a tiny crown", output="A tabby cat wearing a tiny crown sleeping on a wooden table next to a vase",
+              instruction="Put a tiny crown on the cat")
     assert check("add", **ok) is None
     assert check("add", **{**ok, "edited": "a second vase",
                            "output": "A cat sleeping on a table next to two vases"}) == "edited_already_in_caption"
@@ -225,7 +231,8 @@ def test_add_accepts_and_rejects():
 
 
 def test_remove_accepts_and_rejects():
-    ok = dict(original="the vase", edited="", output="A tabby cat sleeping on a wooden table")
+    ok = dict(original="the vase", edited="", output="A tabby cat sleeping on a wooden table",
+              instruction="Remove the vase")
     assert check("remove", **ok) is None
     assert check("remove", **{**ok, "original": "the lamp"}) == "original_not_in_caption"
     assert check("remove", **{**ok, "output": "A tabby cat sleeping on a table, with no vase"}) == "removed_object_still_in_output"
@@ -252,7 +259,8 @@ def test_background_subject_key():
 
 def test_background_accepts_and_rejects():
     cap = "A golden retriever sitting on a sunny beach"
-    ok = dict(original="a sunny beach", edited="a snowy forest", output="A golden retriever sitting in a snowy forest")
+    ok = dict(original="a sunny beach", edited="a snowy forest", output="A golden retriever sitting in a snowy forest",
+              instruction="Change the background to a snowy forest")
     assert check("background", cap, **ok) is None
     assert check("background", cap, **{**ok, "original": ""}) is None                  # caption states no setting
     assert check("background", "A golden retriever", **{**ok, "original": ""}) is None
@@ -261,3 +269,61 @@ def test_background_accepts_and_rejects():
                                         "output": "A golden retriever on sunny beaches"}) == "background_unchanged"
     assert check("background", cap, **{**ok, "original": "", "edited": "a beach",
                                         "output": "A golden retriever on a beach at noon"}) == "background_unchanged"
+
+
+# ---------------------------------------------------------------- the instruction names the pair's object
+
+
+def test_remove_instruction_names_the_object_and_asks_for_a_removal():
+    ok = dict(original="the vase", edited="", output="A tabby cat sleeping on a wooden table",
+              instruction="Remove the vases")                                        # plural folds to "vase"
+    assert check("remove", **ok) is None
+    assert check("remove", **{**ok, "instruction": "Remove the cat"}) == "original_not_in_instruction"
+    assert check("remove", **{**ok, "instruction": "Get rid of it"}) == "original_not_in_instruction"
+    assert check("remove", **{**ok, "instruction": "Make the vase blue"}) == "not_a_removal"
+    assert check("remove", **{**ok, "instruction": "Paint the vase gold"}) == "not_a_removal"
+    for wording in ("Erase the vase", "take the vase off the table", "Could you get rid of the vase?",
+                    "Delete the vase from the scene", "I'd like the vase gone", "Make the vase disappear",
+                    "wipe out the vase", "Clear away the vase", "The table without the vase, please",
+                    "Edit the vase out", "Eliminate the vase"):
+        assert check("remove", **{**ok, "instruction": wording}) is None, wording
+
+
+def test_add_instruction_names_the_added_object():
+    ok = dict(original="", edited="a tiny crown", output="A tabby cat wearing a tiny crown sleeping on a wooden table",
+              instruction="Put a tiny crown on the cat")
+    assert check("add", **ok) is None
+    assert check("add", **{**ok, "instruction": "Put a little hat on the cat"}) == "edited_not_in_instruction"
+    assert check("add", **{**ok, "instruction": "Add crowns to the cat"}) is None
+
+
+def test_local_instruction_names_both_objects():
+    ok = dict(original="the tabby cat", edited="a red fox", output="A red fox sleeping on a wooden table next to a vase",
+              instruction="Turn the cat into a fox")
+    assert check("local", **ok) is None
+    assert check("local", **{**ok, "instruction": "Turn the vase into a fox"}) == "original_not_in_instruction"
+    assert check("local", **{**ok, "instruction": "Turn the cat into a wolf"}) == "edited_not_in_instruction"
+    assert check("local", **{**ok, "instruction": "Make it a fox"}) == "original_not_in_instruction"
+
+
+def test_texture_instruction_names_the_object_and_its_texture():
+    ok = dict(original="the wooden table", edited="a marble table",
+              output="A tabby cat sleeping on a marble table next to a vase", instruction="Redo the table in marble")
+    assert check("texture", **ok) is None
+    assert check("texture", **{**ok, "instruction": "Redo the vase in marble"}) == "original_not_in_instruction"
+    assert check("texture", **{**ok, "instruction": "Redo the table in velvet"}) == "texture_not_in_instruction"
+    assert check("texture", **{**ok, "instruction": "Make the table marbled"}) is None          # marble ~ marbled
+    golden = dict(ok, edited="golden armor", original="the armor", instruction="Remake the armor in gold",
+                  output="A knight in golden armor")
+    assert check("texture", "A knight in armor", **golden) is None                               # gold ~ golden
+
+
+def test_background_instruction_names_the_new_background():
+    cap = "A golden retriever sitting on a sunny beach"
+    ok = dict(original="a sunny beach", edited="a snowy forest", output="A golden retriever sitting in a snowy forest",
+              instruction="Change the background to a snowy forest")
+    assert check("background", cap, **ok) is None
+    assert check("background", cap, **{**ok, "instruction": "Change the background to a snowy field"}) \
+        == "background_not_in_instruction"
+    assert check("background", cap, **{**ok, "instruction": "Put the dog somewhere cold"}) \
+        == "background_not_in_instruction"

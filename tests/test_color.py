@@ -274,9 +274,27 @@ def test_prompt_exemplars_match_task(prompt, task):
         _validate(ex["answer"], prompt["answer_schema"])
         assert verb_re.search(ex["answer"]["instruction"]), (ex["id"], "no verb from the verb set")
         assert ex["answer"]["output_caption"] != m["caption"], ex["id"]
+        assert task.check_answer(m["caption"], ex["answer"], plan) is None, ex["id"]   # the task's own check
         captions.add(m["caption"])
     assert ops_seen == set(C.OPS)                         # every op has an exemplar
     assert len(captions) == len(prompt["exemplars"])      # varied subjects
+
+
+def test_rejects_instruction_naming_an_object_the_caption_lacks(task):
+    """A global change described through an object that is not in the photo teaches the editor
+    that object; objects of the caption (or of the same group: dog ~ retriever) are fine."""
+    cap = "A golden retriever lying on a wooden porch"
+    plan = {"ops": [{"op": "brightness", "factor": 1.4, "phrase": "make it brighter"}]}
+
+    def check(ins):
+        return task.check_answer(cap, {"instruction": ins, "output_caption": "A brighter photo"}, plan)
+    for bad in ("Make the red car brighter", "Brighten the photo so the cats stand out",
+                "Lighten the image, especially the sofa"):
+        assert check(bad) == "instruction_object_not_in_caption", bad
+    for ok in ("Make the photo brighter", "Brighten the porch", "Make the dog brighter",
+               "Brighten it as if the sun came out, with an orange glow on the sky",   # no objects
+               "Brighten it a couple of stops, jet black shadows kept"):             # not object senses
+        assert check(ok) is None, ok
 
 
 def test_prompt_loads_with_pipeline_loader():
@@ -287,6 +305,17 @@ def test_prompt_loads_with_pipeline_loader():
     assert built.messages[-1]["content"] == "Caption: a cat\nChange: make it darker"
     for msg in built.messages[3:-1:2]:
         assert QUERY_RE.match(msg["content"])
+    # exemplars as the model sees them (verbs swapped) still pass the task's check
+    task = get_task("color")
+    for seed in range(10):
+        built = prompt_mod.build(spec, "Caption: a cat\nChange: make it darker", seed=seed)
+        for q, a in zip(built.messages[3:-1:2], built.messages[4:-1:2]):
+            m = QUERY_RE.match(q["content"])
+            ops = [{"op": C.PHRASE_TO_OP[p], "phrase": p} for p in m["change"].split("; ")]
+            for o in ops:                     # a factor on the phrase's side of 1 (direction check)
+                if o["op"] == "brightness":
+                    o["factor"] = 1.5 if "brighter" in o["phrase"] else 0.5
+            assert task.check_answer(m["caption"], json.loads(a["content"]), {"ops": ops}) is None
 
 
 # ---------------------------------------------------------------- filters

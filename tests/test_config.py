@@ -45,6 +45,24 @@ def test_source_path_required(tmp_path):
     assert "source.path is required" in str(pytest.raises(ConfigError, load_job, p).value)
 
 
+def test_a_shard_holds_whole_source_rows(tmp_path):
+    """All ``repeats`` samples of a source row go to one shard, so the duplicate-instruction check
+    at compaction sees every sample of a caption: a rows_per_shard that would split a row is refused,
+    naming both fields and the nearest value that works."""
+    p = _write(tmp_path, "source:\n  repeats: 3\noutput:\n  rows_per_shard: 32\n")
+    msg = str(pytest.raises(ConfigError, load_job, p).value)
+    assert str(p) in msg and "output.rows_per_shard" in msg and "source.repeats" in msg
+    assert "33" in msg                                            # the nearest multiple of 3 to 32
+    assert "=72" in str(pytest.raises(ConfigError, load_job, p, {"output.rows_per_shard": 71}).value)
+    assert load_job(p, {"output.rows_per_shard": 33}).output.rows_per_shard == 33
+    # left at its default, rows_per_shard becomes the multiple of repeats nearest to 64
+    assert JobConfig.model_validate({"source": {"repeats": 3}}).output.rows_per_shard == 63
+    assert JobConfig.model_validate({"source": {"repeats": 100}}).output.rows_per_shard == 100
+    assert JobConfig.model_validate({"source": {"repeats": 2}}).output.rows_per_shard == 64
+    again = JobConfig.model_validate(JobConfig.model_validate({"source": {"repeats": 3}}).model_dump())
+    assert again.output.rows_per_shard == 63                      # the resolved config reloads as it was
+
+
 def test_not_yaml_and_missing_file(tmp_path):
     p = _write(tmp_path, "a: [1, 2\n")
     assert "not valid YAML" in str(pytest.raises(ConfigError, load_job, p).value)

@@ -10,6 +10,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.models.provenance import path_checksum
+from tests.conftest import MODEL_DIR
 from tests.jobutil import run_cli, stats, write_job
 
 pytestmark = pytest.mark.slow
@@ -54,6 +56,11 @@ def test_demo_job_accepts_color_with_vllm_provenance(demo_out):
         assert ops and all("op" in o for o in ops)
         assert r["scores"]["l1"] is not None and r["scores"]["l1"] > 0
         assert len(p["exemplar_ids"]) > 0 and p["prompt_hash"]
+        # every model that made or judged the pair: the served LLM with its folder's checksum (the
+        # session's server loads MODEL_DIR), the filter's models (tiny-random: hashed weights)
+        models = json.loads(p["models"])
+        assert models["llm"] == f"smollm2-135m-instruct@sha256:{path_checksum(MODEL_DIR)[:16]}"
+        assert {"clip", "dino", "depth", "task_predictor", "sentence_encoder"} <= set(models), models
     assert (out / "job.resolved.yaml").exists()
     assert run_cli("verify", str(out)).returncode == 0
 

@@ -39,7 +39,7 @@ def test_shards_planned_alone_equal_the_whole_plan(tmp_path, monkeypatch, which,
     cfg = JobConfig.model_validate({"source": {"kind": which.split("_")[0], "path": str(src), "repeats": 2},
                                     "seed": 3, "task_assignment": assignment,
                                     "tasks": {"color": 1, "local": 1, "global": 2},
-                                    "output": {"rows_per_shard": 5}})
+                                    "output": {"rows_per_shard": 4}})
     whole = build_plan(cfg)
     monkeypatch.setattr(si, "STRIDE", 3)                      # many checkpoints: shards start mid-stride
     index = job_index(cfg)

@@ -53,7 +53,7 @@ def test_kill_and_rerun_equals_uninterrupted(vllm_url, tmp_path):
     # replayed and the uninterrupted run replays them all. What is tested is the pipeline: plan,
     # ids, resume, shard commits and byte-stable rows — not the sampler of the LLM engine.
     cache = str(tmp_path / "llm_cache")
-    job = write_job(tmp_path / "job.yaml", vllm_url, source__limit=9, source__repeats=2,
+    job = write_job(tmp_path / "job.yaml", vllm_url, source__limit=6, source__repeats=3,
                     output__rows_per_shard=3, llm__cache_dir=cache,
                     stages__instruct={"actors": 1, "num_cpus": 0.25, "batch_size": 2})
     killed = tmp_path / "killed"

@@ -130,3 +130,72 @@ def test_html_report_shows_pairs_and_reasons(tmp_path):
     page = write_html(out, tmp_path / "r.html").read_text()
     assert page.count('<img src="data:image/jpeg;base64,') == 2 * 10      # input + output of every row
     assert "filter: no_visible_change" in page and "invert 0" in page
+
+
+# -------------------------------------------------------------------- duplicate instructions
+
+
+def _same_instruction_rows(source_of, captions_of=lambda s: "a red kite"):
+    """Accepted color rows ``i = 0 .. len(source_of)-1`` of the given source rows, all with one
+    instruction."""
+    rows = []
+    for i, src in enumerate(source_of):
+        sid = sample_id(5, src, "color", i)
+        r = new_flow_row(sample_index=i, id=sid, source_id=src, attempt=i, task="color", seed=sample_seed(sid),
+                         caption=captions_of(src))
+        img = np.full((8, 8, 3), 40, np.uint8)
+        r.update(input_png=encode_png(img), output_png=encode_png(255 - img), params="{}", scores="{}", llm="{}",
+                 answer=json.dumps({"instruction": "Make the photo darker.", "output_caption": "a dark kite"}))
+        rows.append(r)
+    return rows
+
+
+def _compacted(rows):
+    from pipeline.schema import record_table, to_record
+    from pipeline.shards import reject_duplicate_instructions
+    t = reject_duplicate_instructions(record_table(
+        [to_record(r, job_name="t", config_hash="h", code_version="v") for r in rows]))
+    return list(zip(t.column("status").to_pylist(), t.column("reject_reason").to_pylist()))
+
+
+def test_duplicate_instruction_is_per_source_row_and_keeps_the_first_accepted():
+    # one source row, three samples, one instruction: the later two are duplicates
+    assert _compacted(_same_instruction_rows(["s:0"] * 3)) == \
+        [("accepted", None), ("rejected", "duplicate_instruction"), ("rejected", "duplicate_instruction")]
+    # the same caption text on two source rows (two images): two different pairs, both kept
+    assert _compacted(_same_instruction_rows(["s:0", "s:1"])) == [("accepted", None), ("accepted", None)]
+    # a rejected first sample does not make the accepted second one a duplicate
+    rows = _same_instruction_rows(["s:0"] * 2)
+    reject(rows[0], "filter", "clip_dir_low")
+    assert _compacted(rows) == [("rejected", "clip_dir_low"), ("accepted", None)]
+
+
+def test_a_source_row_never_straddles_shards(tmp_path):
+    """Compaction checks duplicates shard by shard. With rows_per_shard a multiple of repeats (the
+    config insists) every source row's samples share a shard; the config the validator now refuses
+    (3 rows per shard, 2 repeats) split row 1 over shards 0 and 1 and its duplicate went unseen."""
+    from pipeline.config import JobConfig
+    from pipeline.plan import job_index, n_shards, plan_shard
+
+    src = tmp_path / "c.txt"
+    src.write_text("".join(f"a kite number {i}\n" for i in range(5)))
+
+    def shards_of_rows(cfg):
+        index, where = job_index(cfg), {}
+        for k in range(n_shards(cfg, index)):
+            for r in plan_shard(cfg, index, k):
+                where.setdefault(r["source_id"], set()).add(k)
+        return where
+
+    base = {"tasks": {"color": 1.0}, "source": {"kind": "captions", "path": str(src), "repeats": 2}}
+    for n in (2, 4, 6):
+        cfg = JobConfig.model_validate({**base, "output": {"rows_per_shard": n}})
+        assert all(len(ks) == 1 for ks in shards_of_rows(cfg).values()), n
+    old = JobConfig.model_validate({**base, "output": {"rows_per_shard": 4}})
+    old.output.rows_per_shard = 3                          # what the validator refuses in a job file
+    split = {s: ks for s, ks in shards_of_rows(old).items() if len(ks) > 1}
+    assert len(split) == 2                                 # rows 1 and 4 of 0..4 straddle a boundary
+    # the old per-shard check on such a row: each shard holds one of its two samples, both kept
+    rows = _same_instruction_rows([next(iter(split))] * 2)
+    assert _compacted(rows[:1]) + _compacted(rows[1:]) == [("accepted", None), ("accepted", None)]
+    assert _compacted(rows) == [("accepted", None), ("rejected", "duplicate_instruction")]

@@ -43,6 +43,7 @@ class Detector(ABC):
     """Both Grounding DINO backends share every step but the forward pass: captions and the
     tokens of each phrase, letterboxing, thresholds / phrase attribution / NMS (``decode``)."""
     model_id: str = ""
+    spec: str = ""                          # what it was built from (models.detector), for provenance
     tokenizer: Any
     max_len: int
     size: int
@@ -212,6 +213,22 @@ def build_detector(spec: str, cfg=None) -> Detector:
         check_local_path(spec, "detector")
     if backend == "groundingdino":
         from pipeline.grounding.detector_gdino import GroundingDinoPyDetector
-        return GroundingDinoPyDetector(spec, g)
-    from pipeline.grounding.detector_hf import TransformersDetector
-    return TransformersDetector(spec, g)
+        det = GroundingDinoPyDetector(spec, g)
+    else:
+        from pipeline.grounding.detector_hf import TransformersDetector
+        det = TransformersDetector(spec, g)
+    det.spec = spec or "tiny-random"
+    return det
+
+
+def detector_refs(det: Detector) -> dict[str, str]:
+    """provenance.models entries of a detector: the checkpoint, and groundingdino-py's BERT folder."""
+    from pipeline.models.provenance import model_ref
+
+    if not det.spec:                        # not built by build_detector (a test's stand-in)
+        return {}
+    refs = {"detector": model_ref(det.spec, det)}
+    text_dir = getattr(getattr(det, "g", None), "text_encoder_dir", None)
+    if type(det).__name__ == "GroundingDinoPyDetector" and text_dir:
+        refs["detector_text_encoder"] = model_ref(text_dir)
+    return refs

@@ -20,6 +20,7 @@ SAM_PIXEL_STD = np.array([58.395, 57.12, 57.375], np.float32)
 
 class Segmenter(ABC):
     model_id: str = ""
+    spec: str = ""                          # what it was built from (models.segmenter), for provenance
 
     @abstractmethod
     def segment(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray]:
@@ -93,6 +94,9 @@ def build_segmenter(spec: str, cfg=None) -> Segmenter:
         check_local_path(spec, "segmenter")
     if backend == "segment-anything":
         from pipeline.grounding.segmenter_sa import SegmentAnythingSegmenter
-        return SegmentAnythingSegmenter(spec, g)
-    from pipeline.grounding.segmenter_hf import TransformersSegmenter
-    return TransformersSegmenter(spec, g)
+        seg = SegmentAnythingSegmenter(spec, g)
+    else:
+        from pipeline.grounding.segmenter_hf import TransformersSegmenter
+        seg = TransformersSegmenter(spec, g)
+    seg.spec = spec or "tiny-random"
+    return seg

@@ -150,10 +150,24 @@ class OpenAIServerBackend(LLMBackend):
     @classmethod
     def list_models(cls, url: str, api_key: str | None = None, timeout_s: float = 10) -> list[str]:
         """Model ids served at ``url`` (``GET {url}/models``). Raises on transport errors."""
+        return [m["id"] for m in cls.model_cards(url, api_key, timeout_s)]
+
+    @classmethod
+    def model_cards(cls, url: str, api_key: str | None = None, timeout_s: float = 10) -> list[dict]:
+        """The entries of ``GET {url}/models`` (vLLM's carry ``root``, the folder it loaded)."""
         req = urllib.request.Request(url.rstrip("/") + "/models", headers=cls._headers(api_key))
         with urllib.request.urlopen(req, timeout=timeout_s) as r:
             data = json.loads(r.read())
-        return [m["id"] for m in data.get("data", [])]
+        return list(data.get("data", []))
+
+    def model_root(self) -> str | None:
+        """The folder the server loaded its model from, when it says (provenance); None if not."""
+        try:
+            cards = self.model_cards(self.url, self.api_key, timeout_s=min(self.timeout_s, 10))
+        except Exception:
+            return None
+        root = next((c.get("root") for c in cards if c.get("id") == self.model), None)
+        return root if isinstance(root, str) and root else None
 
     @classmethod
     def answers(cls, url: str, api_key: str | None = None, timeout_s: float = 10) -> bool:

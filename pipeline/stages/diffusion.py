@@ -18,6 +18,7 @@ import json
 import cv2
 import numpy as np
 
+from pipeline.models.provenance import add_models, model_ref
 from pipeline.schema import reject
 from pipeline.sources import decode_png, encode_png
 from pipeline.stages.base import Stage
@@ -56,6 +57,10 @@ class _DiffusionStage(Stage):
 
         m = self.cfg.models
         self.gen = DiffusionGenerators(self.cfg.diffusion, m.text_to_image, m.inpaint if self.load_inpaint else None)
+        g = self.gen
+        self.refs = {"text_to_image": model_ref(g.t2i.spec, g.t2i.unet, g.t2i.vae, g.t2i.text_encoder)}
+        if g.inp is not None:
+            self.refs["inpaint"] = model_ref(g.inp.spec, g.inp.unet, g.inp.vae, g.inp.text_encoder)
 
     def wants(self, row: dict) -> bool:
         return get_task(row["task"]).stage == "diffusion"
@@ -74,12 +79,14 @@ class DiffusionBaseStage(_DiffusionStage):
                 return
             img, base = self.gen.base_image(prompt, _base_seed(row["seed"]))
             base["role"] = "output"
+            add_models(row, {"text_to_image": self.refs["text_to_image"]})
         elif row["input_png"] is not None:
             img, base = self.gen.fit_photo(decode_png(row["input_png"]))
             base["role"] = "input"
         else:
             img, base = self.gen.base_image(row["caption"], _base_seed(row["seed"]))
             base["role"] = "input"
+            add_models(row, {"text_to_image": self.refs["text_to_image"]})
         row["input_png"] = encode_png(img)
         row["params"] = json.dumps({"base": base}, sort_keys=True)
 
@@ -117,11 +124,14 @@ class DiffusionEditStage(_DiffusionStage):
             cands = g.p2p_candidates(task, image, base, caption, out_caption, {}, rng)
         elif task == "background":
             cands = g.background_candidates(image, base, masks["background"], out_caption, rng)
+            add_models(row, {"inpaint": self.refs["inpaint"]})
         elif task == "style":
             cands = g.style_candidates(image, base, caption, out_caption, rng)
         else:
             reject(row, self.name, "no_generator", f"no diffusion recipe for task {task!r}")
             return
+        if task != "background":                # P2P and PnP run the text-to-image model
+            add_models(row, {"text_to_image": self.refs["text_to_image"]})
         row["candidates"] = [{"input_png": encode_png(c.input_image), "output_png": encode_png(c.output_image),
                               "mask_png": encode_png(c.mask) if c.mask is not None else None,
                               "mask_variant": c.mask_variant, "params": json.dumps(c.params, sort_keys=True)}

@@ -23,6 +23,7 @@ from filters import build_filters
 from filters.base import Candidate
 from filters.config import higher_is_better
 from filters.detector_checks import mask_box
+from pipeline.models.provenance import add_models
 from pipeline.schema import reject
 from pipeline.sources import decode_png
 from pipeline.stages.base import Stage
@@ -39,6 +40,10 @@ class FilterStage(Stage):
         if self.fc.task_predictor.enabled:
             from filters.task_predictor import TaskPredictorCheck
             self.task_check = TaskPredictorCheck(self.fc.task_predictor)
+        # provenance.models: each filter's models, named once per actor; a row gets those of the
+        # filters that judged it (and the task predictor's when it read the row's instruction)
+        self.filter_refs = [f.model_refs() for f in self.filters]
+        self.task_refs = self.task_check.model_refs() if self.task_check else {}
 
     @property
     def calibrating(self) -> bool:
@@ -68,6 +73,7 @@ class FilterStage(Stage):
         got = self.task_check([r["task"] for r in todo], [answers[id(r)]["instruction"] for r in todo])
         out = {}
         for r, d in zip(todo, got):
+            add_models(r, self.task_refs)
             out[id(r)] = d
             if not self.fc.enabled:
                 continue
@@ -115,6 +121,10 @@ class FilterStage(Stage):
 
     # 3.–5. judge, select, record
     def _decide(self, row: dict, cands: list[Candidate], tp: dict | None) -> None:
+        task = row.get("final_task") or row["task"]
+        for f, refs in zip(self.filters, self.filter_refs):
+            if f.applies_to(task):
+                add_models(row, refs)
         report = []
         for c in cands:
             verdicts = []

@@ -29,6 +29,7 @@ import numpy as np
 
 from pipeline.grounding import masks as M
 from pipeline.grounding.targets import BACKGROUND_TASK, PAIR_TASKS, Grounded, Target, grounds, target_for
+from pipeline.models.provenance import add_models
 from pipeline.schema import reject
 from pipeline.sources import decode_png, encode_png
 from pipeline.stages.base import Stage
@@ -40,12 +41,15 @@ class GroundStage(Stage):
     resources_key = "ground"
 
     def setup(self) -> None:
-        from pipeline.grounding.detector import build_detector
+        from pipeline.grounding.detector import build_detector, detector_refs
         from pipeline.grounding.segmenter import build_segmenter
+        from pipeline.models.provenance import model_ref
 
         self.g = self.cfg.grounding
         self.detector = build_detector(self.cfg.models.detector, self.g)
         self.segmenter = build_segmenter(self.cfg.models.segmenter, self.g)
+        self.detector_refs = detector_refs(self.detector)
+        self.segmenter_refs = {"segmenter": model_ref(self.segmenter.spec, self.segmenter)}
 
     def wants(self, row: dict) -> bool:
         return grounds(row["task"]) and row["input_png"] is not None
@@ -80,6 +84,7 @@ class GroundStage(Stage):
             return
         found = self.detector.detect([it["image"] for it in items], [phrases_of(it) for it in items])
         for it, dets in zip(items, found):
+            add_models(it["row"], self.detector_refs)
             it["dets"] = dets
             it["phrase"] = dets[0].phrase if dets else phrases_of(it)[0]
 
@@ -130,6 +135,7 @@ class GroundStage(Stage):
                                          [np.array([it["dets"][0].box], np.float32) for it in seg])
             for it, m in zip(seg, sam):
                 it["sam"], it["segmented"] = m[0], True
+                add_models(it["row"], self.segmenter_refs)
         # 6. masks and 7. pairs
         for it in live:
             self._finish(it)

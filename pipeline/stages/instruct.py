@@ -28,6 +28,7 @@ from pipeline.llm.answers import OBJECT_KEYS, instruction_issue, validate_answer
 from pipeline.llm.backends import ChatRequest, ChatResult
 from pipeline.llm.cache import AnswerCache, request_key
 from pipeline.llm.prompt import build, load_prompt
+from pipeline.models.provenance import add_models
 from pipeline.schema import reject
 from pipeline.stages.base import Stage
 from tasks import get_task
@@ -36,14 +37,16 @@ from tasks.phrases import is_possessive, strip_possession
 log = logging.getLogger("pairforge")
 
 
+def _local(p: str) -> str:
+    from pipeline.config import REPO_ROOT
+    return str(p if p.startswith("/") else REPO_ROOT / p)
+
+
 def make_backend(llm):
     """Backend named by the config (imports of torch / vLLM stay inside the chosen backend)."""
-    from pipeline.config import REPO_ROOT
     from pipeline.llm import backends as B
 
-    def local(p):
-        return str(p if p.startswith("/") else REPO_ROOT / p)
-
+    local = _local
     if llm.backend == "vllm-openai":
         if not llm.url:
             raise ValueError("llm.url is empty: the runner launches the server and fills it in; "
@@ -56,6 +59,22 @@ def make_backend(llm):
     return B.TransformersBackend(path)
 
 
+def llm_ref(llm, backend) -> str:
+    """The LLM's provenance reference: the served / reported name, with the checksum of its model
+    folder when that folder is on this machine (the folder a vLLM server says it loaded, or the
+    configured one of the in-process backends); a remote server's model is its name only."""
+    import os
+
+    from pipeline.models.provenance import model_ref
+
+    if backend.name == "vllm-openai":
+        root = backend.model_root() if hasattr(backend, "model_root") else None
+        path = root if root and os.path.isdir(root) else None
+    else:
+        path = _local(llm.model_path or llm.launch.model_dir)
+    return model_ref(backend.model, path=path)
+
+
 class InstructStage(Stage):
     name = "instruct"
     resources_key = "instruct"
@@ -64,6 +83,7 @@ class InstructStage(Stage):
         self.llm = self.cfg.llm
         self.backend = make_backend(self.llm)
         self.cache = AnswerCache(self.llm.cache_dir if self.llm.cache else None)
+        self.model_refs = {"llm": llm_ref(self.llm, self.backend)}       # once per actor
 
     # ---------------------------------------------------------------- LLM round trip with cache
     def _ask(self, prompts: list, specs: list, seeds: list[int]) -> list[ChatResult]:
@@ -219,6 +239,7 @@ class InstructStage(Stage):
             self._depossess([j for j in jobs if "answer" in j])
         for j in jobs:
             row, p = j["row"], j.get("prompt")
+            add_models(row, self.model_refs)
             row["llm"] = json.dumps({
                 "backend": self.backend.name, "model": self.backend.model,
                 "prompt_hash": p.prompt_hash if p else None, "prompt_file_hash": j["spec"].file_hash,

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from pipeline.models.provenance import add_models
 from pipeline.schema import reject
 from pipeline.sources import decode_png, encode_png
 from pipeline.stages.base import Stage
@@ -32,6 +33,10 @@ class PairStage(Stage):
         """Extra keywords for the task's ``make_pair`` (the models this stage loaded in setup)."""
         return {}
 
+    def model_refs(self, task: str) -> dict[str, str]:
+        """provenance.models entries of the models that make this task's pairs (none for OpenCV)."""
+        return {}
+
     def process_row(self, row: dict) -> None:
         if row["input_png"] is None:
             reject(row, self.name, "no_input_image", f"task {row['task']} needs the row's photo")
@@ -42,6 +47,7 @@ class PairStage(Stage):
             reject(row, self.name, "bad_image", str(e))
             return
         rng = np.random.default_rng([row["seed"], self.seed_salt])
+        add_models(row, self.model_refs(row["task"]))
         try:
             pair = get_task(row["task"]).make_pair(image, json.loads(row["answer"] or "{}"),
                                                    json.loads(row["plan"] or "{}"), rng, **self.make_pair_kwargs())

@@ -22,6 +22,10 @@ class TextStage(PairStage):
         from pipeline.text.editor import TextEditor
 
         self.editor = TextEditor(self.cfg.text, inpaint_model=self.cfg.models.inpaint)
+        self.refs = self.editor.model_refs()
 
     def make_pair_kwargs(self) -> dict[str, Any]:
         return {"editor": self.editor}
+
+    def model_refs(self, task: str) -> dict[str, str]:
+        return self.refs

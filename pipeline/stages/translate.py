@@ -28,3 +28,6 @@ class TranslateStage(PairStage):
 
     def make_pair_kwargs(self) -> dict[str, Any]:
         return {"annotators": self.annotators}
+
+    def model_refs(self, task: str) -> dict[str, str]:
+        return self.annotators.model_refs(task)

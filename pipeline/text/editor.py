@@ -48,6 +48,16 @@ class TextEditor:
             raise ValueError("text.fonts: no font files configured or found on this machine "
                              "(install fonts-dejavu-core, or list font files)")
 
+    def model_refs(self) -> dict[str, str]:
+        """provenance.models entries: EasyOCR, and the inpainting model when diffusion inpaints."""
+        from pipeline.models.provenance import model_ref
+
+        refs = {"ocr": self.ocr.ref()}
+        if self.diffusion is not None:
+            c = self.diffusion.comps
+            refs["inpaint"] = model_ref(c.spec, c.unet, c.vae, c.text_encoder)
+        return refs
+
     def inpaint(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
         if self.diffusion is not None:
             out, p = self.diffusion(image, mask, int(rng.integers(2 ** 62)))

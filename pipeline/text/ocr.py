@@ -103,6 +103,11 @@ class OcrReader:
         self.reader = _easyocr_reader(self.model_dir, tuple(languages or ["en"]), bool(gpu))
         self.model_id = "easyocr:craft_mlt_25k+english_g2"
 
+    def ref(self) -> str:
+        """provenance.models reference: the weights' checksum (the two files EasyOCR loads)."""
+        from pipeline.models.provenance import model_ref
+        return model_ref(self.model_id, path=self.model_dir, only=REQUIRED_FILES)
+
     def read(self, image: np.ndarray, *, min_confidence: float | None = None) -> list[OcrBox]:
         """Text boxes of an HxWx3 uint8 RGB image, at least ``min_confidence`` (default: the reader's)."""
         th = self.min_confidence if min_confidence is None else float(min_confidence)

@@ -21,6 +21,7 @@ class Annotators:
 
         self.cfg, self.device = cfg, resolve_device(cfg.translation.device)
         self._by_task: dict[str, Callable[[np.ndarray, np.random.Generator], MapResult]] = {}
+        self._refs: dict[str, dict[str, str]] = {}
         self._depth = None
         for task in (TASK_MAPS if tasks is None else sorted(set(tasks) & set(TASK_MAPS))):
             self._build(task)
@@ -55,6 +56,27 @@ class Annotators:
         else:
             raise KeyError(f"no annotator for task {task!r} (translation tasks: {', '.join(TASK_MAPS)})")
         self._by_task[task] = ann
+
+    def model_refs(self, task: str) -> dict[str, str]:
+        """provenance.models entries of the models behind the task's map (sketch: none, OpenCV);
+        computed on first use and kept."""
+        if task not in self._refs:
+            from pipeline.models.provenance import model_ref
+
+            if task not in self._by_task:
+                self._build(task)
+            m, ann, refs = self.cfg.models, self._by_task[task], {}
+            if task in ("depth", "normal"):
+                refs["depth"] = model_ref(m.depth, self._depth_annotator().estimator)
+            elif task == "pose":
+                refs["pose"] = model_ref(m.pose, ann)
+                if ann.detector is not None:
+                    from pipeline.grounding.detector import detector_refs
+                    refs.update(detector_refs(ann.detector))
+            elif task == "segmentation":
+                refs["segmentation"] = model_ref(m.segmentation, ann)
+            self._refs[task] = refs
+        return self._refs[task]
 
     def built(self) -> list[str]:
         return sorted(self._by_task)
