@@ -110,6 +110,11 @@ class PoseAnnotator:
         self.model_id = self.backend.model_id
         self.cfg, self.detector = cfg, detector
 
+    @property
+    def model(self):
+        """The torch module (ViTPose), for device checks; None for MediaPipe (TFLite on the CPU)."""
+        return getattr(self.backend, "model", None)
+
     def model_ref(self) -> dict[str, str]:
         """Which keypoint model ran: {"id", "sha256" (of the weight file, where one is known)}."""
         ref = getattr(self.backend, "model_ref", None)
