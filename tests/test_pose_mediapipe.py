@@ -75,6 +75,16 @@ def test_skeleton_on_the_astronaut(mediapipe_pose, astronaut):
     assert lit.any() and not lit[:, PERSON[2] + 20:].any()          # drawn on her, nothing over the shuttle model
 
 
+def test_same_photo_same_map(mediapipe_pose, astronaut):
+    """A resumed job must redraw the same map: no state carries from one photo to the next (smoothing
+    and previous-landmark tracking are off), and a second graph agrees with the first."""
+    first = mediapipe_pose(astronaut, np.random.default_rng(0))
+    mediapipe_pose.keypoints(np.ascontiguousarray(astronaut[::2, ::2]), [[0.0, 0.0, 256.0, 256.0]])
+    again, fresh = mediapipe_pose(astronaut, np.random.default_rng(1)), pose(SPEC)(astronaut, np.random.default_rng(0))
+    assert np.array_equal(first.image, again.image) and np.array_equal(first.image, fresh.image)
+    assert first.params == again.params == fresh.params
+
+
 def test_tiny_random_vitpose_fails_the_skeleton_check(astronaut):
     assert skeleton_problems(pose("tiny-random"), astronaut)
 
