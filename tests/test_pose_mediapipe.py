@@ -45,13 +45,13 @@ def inside(p, box) -> bool:
 
 
 def skeleton_problems(ann: PoseAnnotator, image: np.ndarray) -> list[str]:
-    """What is wrong with the annotator's keypoints for the astronaut ([] = a real skeleton): at least 8
+    """What is wrong with the annotator's keypoints for the astronaut ([] = a real skeleton): at least 7
     keypoints with visibility >= 0.5, all on her, the nose on her face, her left shoulder on the
     image's right (she faces the camera)."""
     kp, score = ann.keypoints(image, [[0.0, 0.0, 512.0, 512.0]])[0]
     vis = score >= 0.5
     problems = []
-    if vis.sum() < 8:
+    if vis.sum() < 7:                                   # measured: 8 (hips and legs are out of frame)
         problems.append(f"{int(vis.sum())} confident keypoints")
     if not all(inside(p, PERSON) for p in kp[vis]):
         problems.append("confident keypoints off the person")
@@ -70,7 +70,7 @@ def test_skeleton_on_the_astronaut(mediapipe_pose, astronaut):
     assert skeleton_problems(mediapipe_pose, astronaut) == []
     m = mediapipe_pose(astronaut, np.random.default_rng(0))
     assert m.params["annotator"] == "mediapipe_pose" and m.params["model"] == SPEC
-    assert m.params["keypoints_visible"][0] >= 8
+    assert m.params["keypoints_visible"][0] >= 7
     lit = m.image.any(axis=2)
     assert lit.any() and not lit[:, PERSON[2] + 20:].any()          # drawn on her, nothing over the shuttle model
 
@@ -89,11 +89,30 @@ def test_tiny_random_vitpose_fails_the_skeleton_check(astronaut):
     assert skeleton_problems(pose("tiny-random"), astronaut)
 
 
+def as_the_job_loads_it(name: str) -> np.ndarray:
+    """The photo at the embedded profile's output.max_side (512), resized by the load stage's code."""
+    from pipeline.sources import decode_image
+    return decode_image(load_demo_photo(name), max_side=512)
+
+
+@pytest.mark.parametrize("size", ["full", "job"])
 @pytest.mark.parametrize("name", NO_PERSON)
-def test_no_person_is_no_pose(mediapipe_pose, name):
+def test_no_person_is_no_pose(mediapipe_pose, name, size):
+    img = load_demo_photo(name) if size == "full" else as_the_job_loads_it(name)
     with pytest.raises(SampleReject) as e:
-        mediapipe_pose(load_demo_photo(name), np.random.default_rng(0))
-    assert e.value.reason == "no_pose" and "found no person" in e.value.detail
+        mediapipe_pose(img, np.random.default_rng(0))
+    assert e.value.reason == "no_pose"
+    assert "found no person" in e.value.detail or "below translation.pose.min_person_score" in e.value.detail
+
+
+def test_the_person_score_floor_keeps_a_skeleton_off_the_motorcycle(mediapipe_pose, astronaut):
+    """At 512 px BlazePose's detector passes the motorcycle at its own cut (0.5; score 0.57) and
+    draws a full skeleton on it; min_person_score 0.7 rejects it and keeps the astronaut (0.81)."""
+    moto = as_the_job_loads_it("motorcycle")
+    with pytest.raises(SampleReject, match=r"person score 0\.5\d .* below"):
+        mediapipe_pose(moto, np.random.default_rng(0))
+    assert pose(SPEC, min_person_score=0.5)(moto, np.random.default_rng(0)).params["keypoints_visible"][0] >= 5
+    assert mediapipe_pose(astronaut, np.random.default_rng(0)).params["min_person_score"] == 0.7
 
 
 def test_tiny_random_vitpose_poses_photos_without_people():

@@ -104,7 +104,7 @@ class PoseAnnotator:
         if detector is None and cfg.person_boxes == "detector":
             raise ValueError("translation.pose.person_boxes: 'detector' needs a detector (models.detector)")
         if is_mediapipe(spec):
-            self.backend, self.annotator = MediaPipePose(), "mediapipe_pose"
+            self.backend, self.annotator = MediaPipePose(cfg.min_person_score), "mediapipe_pose"
         else:
             self.backend, self.annotator = VitPoseKeypoints(spec, device), "vitpose"
         self.model_id = self.backend.model_id
@@ -158,4 +158,5 @@ class PoseAnnotator:
                                "person_boxes": c.person_boxes,
                                "boxes": [[round(v, 1) for v in boxes[i]] for i in keep],
                                "keypoints_visible": [counts[i] for i in keep],
-                               "min_keypoint_score": c.min_keypoint_score, "line_width": lw})
+                               "min_keypoint_score": c.min_keypoint_score, "line_width": lw,
+                               **({"min_person_score": c.min_person_score} if self.annotator == "mediapipe_pose" else {})})

@@ -7,6 +7,9 @@ in mediapipe's graph) and returns 33 landmarks with a visibility in [0, 1]. We k
 COCO defines and draw COCO's skeleton, so a pose map looks the same whichever backend made it
 (production ViTPose predicts COCO-17): a model trained on the pairs never sees two skeleton styles.
 Visibility plays the part of ViTPose's heatmap score (``translation.pose.min_keypoint_score``).
+The person detector's score must also reach ``translation.pose.min_person_score`` (0.7): the graph's
+own cut, 0.5, lets through things that are not people (the demo's motorcycle scores 0.57), and a
+skeleton on a motorcycle is a worse pair than none.
 """
 from __future__ import annotations
 
@@ -34,8 +37,9 @@ def is_mediapipe(spec: str | None) -> bool:
 class MediaPipePose:
     """``keypoints(image, boxes)`` → per box (17x2 pixel coordinates, 17 visibilities), COCO order."""
 
-    def __init__(self):
-        self.graph = BundledGraph(GRAPH, outputs=("pose_landmarks",), side_packets={
+    def __init__(self, min_person_score: float = 0.7):
+        self.min_person_score = min_person_score
+        self.graph = BundledGraph(GRAPH, outputs=("pose_landmarks", "pose_detection"), side_packets={
             "model_complexity": 1,            # 1 = the "full" model, the one bundled
             "smooth_landmarks": False,        # images are unrelated photos, not video frames
             "enable_segmentation": False,
@@ -43,8 +47,8 @@ class MediaPipePose:
             "use_prev_landmarks": False,
         })
         # after BundledGraph: it registers the bare ``mediapipe`` package this import needs
-        from mediapipe.framework.formats import landmark_pb2
-        self._landmarks = landmark_pb2.NormalizedLandmarkList
+        from mediapipe.framework.formats import detection_pb2, landmark_pb2
+        self._landmarks, self._detection = landmark_pb2.NormalizedLandmarkList, detection_pb2.Detection
         self.model_id = SPEC
 
     @staticmethod
@@ -53,11 +57,17 @@ class MediaPipePose:
         return {"id": f"{SPEC} (mediapipe {MEDIAPIPE_VERSION} {LANDMARK_MODEL.rsplit('/', 1)[-1]})",
                 "sha256": file_sha256(LANDMARK_MODEL), "detector_sha256": file_sha256(DETECTOR_MODEL)}
 
-    def _one(self, crop: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        packet = self.graph.run(crop)["pose_landmarks"]
-        if packet is None:
+    def _one(self, crop: np.ndarray) -> tuple[np.ndarray, np.ndarray] | float | None:
+        """(keypoints, visibilities); the person score when it is below min_person_score; None when
+        the detector found no one."""
+        out = self.graph.run(crop)
+        if out["pose_landmarks"] is None:
             return None
-        lm = self.graph.proto(packet, self._landmarks).landmark
+        det = out["pose_detection"]
+        score = max(self.graph.proto(det, self._detection).score, default=0.0) if det is not None else 0.0
+        if score < self.min_person_score:
+            return float(score)
+        lm = self.graph.proto(out["pose_landmarks"], self._landmarks).landmark
         h, w = crop.shape[:2]
         kp = np.array([[lm[i].x * w, lm[i].y * h] for i in BLAZEPOSE_TO_COCO], np.float32)
         vis = np.array([lm[i].visibility for i in BLAZEPOSE_TO_COCO], np.float32)
@@ -65,11 +75,14 @@ class MediaPipePose:
 
     def keypoints(self, image: np.ndarray, boxes: list[list[float]]) -> list[tuple[np.ndarray, np.ndarray]]:
         h, w = image.shape[:2]
-        out, found = [], 0
+        out, found, weak = [], 0, []
         for x, y, bw, bh in boxes:
             x0, y0 = max(0, int(x - BOX_MARGIN * bw)), max(0, int(y - BOX_MARGIN * bh))
             x1, y1 = min(w, int(np.ceil(x + bw * (1 + BOX_MARGIN)))), min(h, int(np.ceil(y + bh * (1 + BOX_MARGIN))))
             res = self._one(image[y0:y1, x0:x1]) if x1 - x0 >= 8 and y1 - y0 >= 8 else None
+            if isinstance(res, float):
+                weak.append(res)
+                res = None
             if res is None:
                 out.append((np.zeros((17, 2), np.float32), np.zeros(17, np.float32)))
                 continue
@@ -79,5 +92,8 @@ class MediaPipePose:
         if not found:
             where = "the image" if len(boxes) == 1 and boxes[0] == [0.0, 0.0, float(w), float(h)] else \
                 f"any of the {len(boxes)} person boxes"
+            if weak:
+                raise SampleReject("no_pose", f"MediaPipe Pose's person score {max(weak):.2f} in {where} is below "
+                                   f"translation.pose.min_person_score={self.min_person_score}")
             raise SampleReject("no_pose", f"MediaPipe Pose's person detector found no person in {where}")
         return out
