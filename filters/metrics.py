@@ -6,7 +6,8 @@
   CLIP_img  cosine between the CLIP embeddings of input and output image — how much was kept;
   CLIP_out  cosine between the output image and the output caption;
   L1        mean absolute pixel difference, images scaled to [0, 1];
-  DINO      cosine between the DINO [CLS] embeddings of input and output image.
+  DINO      cosine between the DINO [CLS] embeddings of input and output image (``models.dino``:
+            DINO ViT, or EfficientNet-Lite0 features in the embedded default — pipeline/models/dino.py).
 
 ``MetricModels`` loads the encoders once; ``compute`` scores many pairs in batched encoder calls.
 """
@@ -55,10 +56,10 @@ class MetricModels:
 
     def __init__(self, clip: str = "tiny-random", dino: str | None = "tiny-random", device: str = "cpu"):
         from pipeline.models.clip import ClipEncoder
-        from pipeline.models.dino import DinoEncoder
+        from pipeline.models.dino import image_similarity_encoder
 
         self.clip = ClipEncoder(clip, device)
-        self.dino = DinoEncoder(dino, device) if dino else None
+        self.dino = image_similarity_encoder(dino, device) if dino else None
 
     def compute(self, inputs: list[np.ndarray], outputs: list[np.ndarray], input_captions: list[str],
                 output_captions: list[str]) -> list[dict[str, float]]:

