@@ -48,6 +48,9 @@ class SourceConfig(_Strict):
     limit: int | None = Field(None, ge=1, description="Use only the first N source rows.")
     demo_signs: int = Field(24, ge=0, le=24, description="demo only: how many photos with a composed sign "
                             "(known text, routed to the text task) the demo adds when the job runs the text task.")
+    demo_people: int = Field(1, ge=0, le=1, description="demo only: how many photos of a person (the "
+                             "astronaut) also go to the pose task, when the job runs it; the other "
+                             "photos have nobody to pose.")
     repeats: int = Field(1, ge=1, le=1000, description="Samples drawn per source row (attempt 0..repeats-1); "
                          "each attempt has its own seed, plan and LLM request.")
 

@@ -167,4 +167,7 @@ def load_demo_sign(index: int) -> np.ndarray:
     return sign_sample(int(index)).image
 
 
-__all__ = ["DEMO_PHOTOS", "DEMO_CAPTIONS", "DEMO_SIGNS", "load_demo_photo", "load_demo_sign", "to_rgb_uint8"]
+# Photos with a person in them: the demo routes one of their captions to the pose task as well.
+DEMO_PEOPLE = ("astronaut",)
+
+__all__ = ["DEMO_PEOPLE", "DEMO_PHOTOS", "DEMO_CAPTIONS", "DEMO_SIGNS", "load_demo_photo", "load_demo_sign", "to_rgb_uint8"]

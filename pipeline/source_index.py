@@ -296,7 +296,7 @@ def build_index(cfg, tasks: set[str] | None = None) -> SourceIndex:
     limit = cfg.limit
     if cfg.kind == "demo":
         from pipeline.sources import demo_rows
-        rows = list(demo_rows(tasks, cfg.demo_signs))[:limit]
+        rows = list(demo_rows(tasks, cfg.demo_signs, cfg.demo_people))[:limit]
         return SourceIndex("demo", len(rows), demo=rows, source_tasks={r.task for r in rows if r.task},
                            n_named=sum(bool(r.task) for r in rows), cfg=c)
     path = str(cfg.path)

@@ -57,10 +57,13 @@ def jsonl_row(text: str, sid: str, caption_col: str, task_col: str, base: str) -
     return SourceRow(sid, cap if isinstance(cap, str) else None, ref, obj.get(task_col))
 
 
-def demo_rows(tasks, n_signs: int) -> Iterator[SourceRow]:
+def demo_rows(tasks, n_signs: int, n_people: int = 1) -> Iterator[SourceRow]:
     """The bundled photos (task from the job's mix), then — when the job runs the text task — the
-    photos with a composed sign, routed to it (a plain photo has no text to edit)."""
-    from pipeline.demo_data import DEMO_PHOTOS, DEMO_SIGNS
+    photos with a composed sign, routed to it (a plain photo has no text to edit), then — when it
+    runs the pose task — the photos of a person, routed to it (the others have nobody to pose, and
+    the real pose model rejects them as ``no_pose``). Rows routed to a task come last and take no
+    part in the balanced dealing, so adding them leaves every other sample's draw as it was."""
+    from pipeline.demo_data import DEMO_PEOPLE, DEMO_PHOTOS, DEMO_SIGNS
 
     for name, caps in DEMO_PHOTOS.items():
         for k, cap in enumerate(caps):
@@ -70,6 +73,9 @@ def demo_rows(tasks, n_signs: int) -> Iterator[SourceRow]:
         for i in range(min(n_signs, DEMO_SIGNS)):
             spec = sign_spec(i)
             yield SourceRow(f"demo-sign:{i}", spec.caption, {"kind": "demo_sign", "index": i}, "text")
+    if tasks is None or "pose" in tasks:
+        for name in DEMO_PEOPLE[:n_people]:
+            yield SourceRow(f"demo-person:{name}", DEMO_PHOTOS[name][0], {"kind": "skimage", "name": name}, "pose")
 
 
 def iter_source(cfg, tasks=None) -> Iterator[SourceRow]:

@@ -51,3 +51,17 @@ def test_demo_captions():
     assert 35 <= len(DEMO_CAPTIONS) <= 60
     assert len(set(DEMO_CAPTIONS)) == len(DEMO_CAPTIONS)
     assert all(isinstance(c, str) and 3 <= len(c.split()) <= 25 and "\n" not in c for c in DEMO_CAPTIONS)
+
+
+def test_person_photos_are_routed_to_pose_only_when_the_job_runs_it():
+    """The demo's pose samples used to land on photos without anybody in them (rejected no_pose by
+    the real pose model); a person photo now goes to the pose task, after the unrouted rows."""
+    from pipeline.demo_data import DEMO_PEOPLE
+    from pipeline.sources import demo_rows
+
+    with_pose = list(demo_rows({"pose", "color"}, 0))
+    without = list(demo_rows({"color"}, 0))
+    routed = [r for r in with_pose if r.task == "pose"]
+    assert [r.image_ref["name"] for r in routed] == list(DEMO_PEOPLE)
+    assert with_pose[: len(without)] == without and not [r for r in without if r.task == "pose"]
+    assert not [r for r in demo_rows({"pose"}, 0, 0) if r.task == "pose"]      # source.demo_people: 0

@@ -64,7 +64,7 @@ def test_balanced_assignment_gives_the_mix_exactly(tmp_path):
 def test_balanced_sixteen_tasks_on_a_small_job():
     from collections import Counter
 
-    cfg = JobConfig.model_validate({"source": {"kind": "demo", "repeats": 2, "demo_signs": 0},
+    cfg = JobConfig.model_validate({"source": {"kind": "demo", "repeats": 2, "demo_signs": 0, "demo_people": 0},
                                     "task_assignment": "balanced"})
     rows = build_plan(cfg)
     c = Counter(r["task"] for r in rows if r["task"] in cfg.tasks)
