@@ -34,9 +34,10 @@ from tests.test_resume import _rows, committed, row_diff
 
 pytestmark = pytest.mark.slow
 
+# four captions, two rows a shard: two shards, so an outage can leave one committed and one not
 CAPTIONS = ["a red barn in a snowy field", "a bowl of green apples on a wooden table",
-            "a sailboat on a calm lake at sunset", "a city street with yellow taxis",
-            "a small white dog on a sofa", "a lighthouse on a rocky coast"]
+            "a sailboat on a calm lake at sunset", "a small white dog on a sofa"]
+N_SHARDS = 2
 
 
 class Proxy:
@@ -247,7 +248,7 @@ def test_url_server_that_never_comes_back_stops_the_job_and_the_rerun_completes(
         assert p.returncode == 3, err[-4000:]
         assert f"LLM server {proxy.url}" in err and "did not answer" in err and "rerun the same command" in err
         n_committed = len(committed(out))
-        assert n_committed < 3, "the outage must have left shards uncommitted"
+        assert n_committed < N_SHARDS, "the outage must have left shards uncommitted"
         assert not (out / "data").exists() or all(
             int(f.stem.split("-")[1]) in {int(c.stem.split("-")[1]) for c in committed(out)}
             for f in (out / "data").glob("part-*.parquet")), "only committed shards have data files"
@@ -256,7 +257,7 @@ def test_url_server_that_never_comes_back_stops_the_job_and_the_rerun_completes(
     finally:
         proxy.down()
     summary = json.loads(r.stdout.strip().splitlines()[-1])
-    assert summary["shards_skipped"] == n_committed and summary["shards_written"] == 3 - n_committed
+    assert summary["shards_skipped"] == n_committed and summary["shards_written"] == N_SHARDS - n_committed
     rows = _check_clean(out, len(CAPTIONS))
     # the same samples as the undisturbed job (its LLM answers may differ: another cache)
     assert [r["id"] for r in rows] == [r["id"] for r in baseline["rows"]]
@@ -286,33 +287,25 @@ def test_killed_launched_server_is_restarted(vllm_url, tmp_path):
     _same_as_undisturbed(tmp_path, job, rows, cache, vllm_url)
 
 
-def _run_with_faults(tmp_path: Path, baseline: dict, url: str, fault: dict, fired: int) -> tuple[str, list[dict]]:
-    """The baseline job with ``fault`` set through the hook (pipeline/faults.py): its stderr and rows,
-    after checking the fault fired ``fired`` times and the rows equal the undisturbed run's."""
-    job = _with_baseline_cache(tmp_path, baseline, url)
+def test_out_of_memory_and_a_batch_failing_after_mutating_its_rows(vllm_url, tmp_path, baseline):
+    """Two faults through the hook (pipeline/faults.py) in one job, checked separately:
+      * a batch of 2+ rows of the edit stage runs out of memory, twice over the job (four rows give
+        at least two such batches however they are cut) → the batch is halved;
+      * the base-image stage generates its rows' images, then fails once → retried from the rows as
+        they came in (a retry from the mutated rows would take each generated image for a photo).
+    The rows equal the undisturbed run's."""
+    job = _with_baseline_cache(tmp_path, baseline, vllm_url)
     spec = tmp_path / "faults.json"
-    spec.write_text(json.dumps([fault]))
+    spec.write_text(json.dumps([
+        {"stage": "diffusion_edit", "kind": "oom", "times": 2, "min_rows": 2},
+        {"stage": "diffusion_base", "when": "after", "kind": "error", "times": 1, "min_rows": 2}]))
     out = tmp_path / "out"
     r = run_cli("run", str(job), "--out", str(out), "--no-progress", "-q", env={"PAIRFORGE_TEST_FAULTS": str(spec)})
-    assert len(list(tmp_path.glob("faults.json.fired-*"))) == fired
+    assert len(list(tmp_path.glob("faults.json.fired-0-*"))) == 2, "the OOM fault fired twice"
+    assert len(list(tmp_path.glob("faults.json.fired-1-*"))) == 1, "the mutate-then-fail fault fired once"
     rows = _check_clean(out, len(CAPTIONS))
     assert rows == baseline["rows"], row_diff(rows, baseline["rows"])
-    return r.stderr, rows
-
-
-def test_cuda_out_of_memory_halves_the_batch(vllm_url, tmp_path, baseline):
-    # every batch of 2+ rows in the edit stage runs out of memory, three times over the job
-    err, _ = _run_with_faults(tmp_path, baseline, vllm_url,
-                              {"stage": "diffusion_edit", "kind": "oom", "times": 3, "min_rows": 2}, fired=3)
-    assert "diffusion_edit: out of memory on" in err and "halving the batch" in err
-
-
-def test_a_batch_failing_after_mutating_its_rows_is_retried_from_the_rows_as_they_came(vllm_url, tmp_path, baseline):
-    # the base-image stage generates its rows' images, then fails: a retry from those rows would
-    # take each generated image for a photo
-    err, rows = _run_with_faults(tmp_path, baseline, vllm_url,
-                                 {"stage": "diffusion_base", "when": "after", "kind": "error", "times": 1, "min_rows": 2},
-                                 fired=1)
-    assert "diffusion_base: batch of" in err and "retrying row by row" in err
-    bases = [json.loads(r["params"])["base"] for r in rows if r["params"] and json.loads(r["params"]).get("base")]
+    assert "diffusion_edit: out of memory on" in r.stderr and "halving the batch" in r.stderr
+    assert "diffusion_base: batch of" in r.stderr and "retrying row by row" in r.stderr
+    bases = [json.loads(x["params"])["base"] for x in rows if x["params"] and json.loads(x["params"]).get("base")]
     assert bases and all(b.get("generated") for b in bases), bases
