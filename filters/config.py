@@ -105,12 +105,16 @@ DEFAULT_CHANGE_FLOORS: dict[str, ChangeFloor] = {
 
 class TaskPredictorConfig(_Strict):
     enabled: bool = Field(True, description="Run the task predictor on every instruction.")
-    kind: Literal["minilm-logreg", "flan-t5"] = Field("minilm-logreg", description="minilm-logreg: logistic "
-                                                      "regression on MiniLM sentence embeddings, trained on the "
-                                                      "pipeline's own instructions (`pairforge task-predictor`); "
-                                                      "flan-t5: zero-shot scoring of task names with a seq2seq model.")
-    path: str = Field("filters/data/task_predictor_minilm.npz", description="minilm-logreg weights (relative "
-                      "paths are from the repo root).")
+    kind: Literal["minilm-finetuned", "minilm-logreg", "flan-t5"] = Field(
+        "minilm-finetuned", description="minilm-finetuned: all-MiniLM-L6-v2 with its last two layers and a "
+        "classification head fine-tuned on human-style instructions (`pairforge task-predictor`); "
+        "minilm-logreg: the earlier logistic regression on frozen MiniLM embeddings, trained on the "
+        "pipeline's own instructions; flan-t5: zero-shot scoring of task names with a seq2seq model.")
+    path: str | None = Field(None, description="Weights file of the minilm kinds (relative paths are from the "
+                             "repo root); empty: the shipped one, filters/data/task_predictor_minilm_ft.safetensors "
+                             "or filters/data/task_predictor_minilm.npz.")
+    sha256: str | None = Field(None, description="minilm-finetuned: the sha256 the weights file must have; empty: "
+                               "the one recorded beside it in FILE.sha256. A mismatch is an error, never a warning.")
     model: str = Field("tiny-random", description="flan-t5: checkpoint (e.g. google/flan-t5-large) or tiny-random.")
     min_confidence: float = Field(0.8, ge=0, le=1, description="Act only when the predicted task's probability "
                                   "is at least this and it differs from the sample's task.")

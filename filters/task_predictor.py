@@ -1,9 +1,13 @@
 """Task predictor (Emu Edit §3.2, §4.2): which of the sixteen tasks does an instruction ask for?
 
-Two backends behind ``predict_proba(instructions) -> (N, 16)`` over ``TASK_NAMES``:
-  * ``minilm-logreg`` (default, real here): multinomial logistic regression on all-MiniLM-L6-v2
-    sentence embeddings, trained on the instructions and task labels the pipeline itself generated
-    (``pairforge task-predictor``; the weights are a 25 kB file under filters/data/);
+Three backends behind ``predict_proba(instructions) -> (N, 16)`` over ``TASK_NAMES``:
+  * ``minilm-finetuned`` (default): all-MiniLM-L6-v2 with a classification head, its last two
+    transformer layers fine-tuned end to end on instructions written the way people write them
+    (filters/data/task_instructions/train.jsonl + the prompt files' exemplars; ``pairforge
+    task-predictor``). Ships as a 3.6 MB file of the trained layers and head, applied on top of the
+    installed base model (filters/minilm_classifier.py) and checked against its sha256 before use;
+  * ``minilm-logreg`` (the earlier model): multinomial logistic regression on frozen MiniLM
+    sentence embeddings, trained on the pipeline's own SmolLM2 instructions (a 25 kB file);
   * ``flan-t5`` (production option): zero-shot — the seq2seq model scores each task's name as the
     answer to "which editing task is this"; the probabilities are a softmax over those scores.
 
@@ -99,6 +103,65 @@ class MiniLMTaskPredictor:
                 "sentence_encoder": model_ref("all-MiniLM-L6-v2", path=get_model_path())}
 
 
+DEFAULT_PATHS = {"minilm-finetuned": "filters/data/task_predictor_minilm_ft.safetensors",
+                 "minilm-logreg": "filters/data/task_predictor_minilm.npz"}
+
+
+def _resolve(path: str | Path) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else REPO_ROOT / p
+
+
+def expected_sha256(path: Path, sha256: str | None) -> str:
+    """The checksum a weights file must have: the one given (config ``sha256``), else the one
+    recorded beside it in ``FILE.sha256`` (written by ``pairforge task-predictor``, committed
+    with the shipped file)."""
+    if sha256:
+        return sha256.strip().lower()
+    side = path.with_name(path.name + ".sha256")
+    if not side.exists():
+        raise FileNotFoundError(f"no checksum for {path}: neither filters.task_predictor.sha256 nor {side} is set")
+    return side.read_text().split()[0].lower()
+
+
+class FineTunedTaskPredictor:
+    """MiniLM fine-tuned for the task (filters/minilm_classifier.py), one instruction at a time."""
+    kind = "minilm-finetuned"
+
+    def __init__(self, model):
+        self.model = model
+        self.tasks = list(model.tasks)
+
+    @classmethod
+    def load(cls, path: str | Path = DEFAULT_PATHS["minilm-finetuned"], sha256: str | None = None) -> "FineTunedTaskPredictor":
+        from filters.minilm_classifier import MiniLMClassifier, sha256_file
+
+        p = _resolve(path)
+        if not p.exists():
+            raise FileNotFoundError(f"filters.task_predictor.path: {p} not found — train one with "
+                                    "`pairforge task-predictor`")
+        want, got = expected_sha256(p, sha256), sha256_file(p)
+        if got != want:
+            raise ValueError(f"task predictor weights {p}: sha256 {got} does not match the expected {want} "
+                             "(file changed or corrupt; retrain with `pairforge task-predictor` or fix "
+                             "filters.task_predictor.sha256)")
+        return cls(MiniLMClassifier.load(p))
+
+    def predict_proba(self, instructions: list[str]) -> tuple[np.ndarray, list[str]]:
+        """(N, len(tasks)) probabilities and the task order of the columns."""
+        import torch
+
+        out = np.zeros((len(instructions), len(self.tasks)))
+        # one at a time and unpadded: a row's probability must not depend on its batch-mates (padding
+        # to the longest text and BLAS blocking by row count both move the last bits), so that a
+        # resumed job reproduces the first run's decisions exactly
+        with torch.inference_mode():
+            for i, ins in enumerate(instructions):
+                logits = self.model(**self.model.encode([ins]))[0].double()
+                out[i] = torch.softmax(logits, -1).numpy()
+        return out, self.tasks
+
+
 class FlanT5TaskPredictor:
     """Zero-shot: log-likelihood of each task description as the answer, softmax over tasks."""
     kind = "flan-t5"
@@ -152,7 +215,19 @@ class FlanT5TaskPredictor:
 def build_task_predictor(cfg):
     if cfg.kind == "flan-t5":
         return FlanT5TaskPredictor(cfg.model)
-    return MiniLMTaskPredictor.load(cfg.path)
+    path = cfg.path or DEFAULT_PATHS[cfg.kind]
+    if cfg.kind == "minilm-logreg":
+        return MiniLMTaskPredictor.load(path)
+    return FineTunedTaskPredictor.load(path, cfg.sha256)
+
+
+def load_task_predictor(path: str | Path | None = None, sha256: str | None = None):
+    """A MiniLM predictor from its weights file, the backend chosen by the file's type
+    (.npz: minilm-logreg, else minilm-finetuned); the shipped default without a path."""
+    path = path or DEFAULT_PATHS["minilm-finetuned"]
+    if str(path).endswith(".npz"):
+        return MiniLMTaskPredictor.load(path)
+    return FineTunedTaskPredictor.load(path, sha256)
 
 
 class TaskPredictorCheck:

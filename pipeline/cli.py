@@ -15,6 +15,7 @@ EPILOG = """examples:
   pairforge bench deploy/profiles/local.yaml                  # per-stage throughput, efficiency, memory
   pairforge bench --scale 10000 100000 1000000 --json         # how driver memory, throughput and commits scale
   pairforge agents-report -n 200                              # instruction validity and diversity
+  pairforge predict-task "get rid of the car"                 # which task an instruction asks for
   pairforge train --shards out/demo --out runs/demo           # fit the editing model on the shards
   pairforge edit photo.png "make it brighter" --checkpoint runs/demo/final
   pairforge eval --checkpoint runs/demo/final --shards out/demo   # CLIP/L1/DINO on held-out rows
@@ -147,16 +148,104 @@ def cmd_bench(a) -> int:
     return bench_main(a)
 
 
+def _labelled_rows(src: str) -> list[dict]:
+    """(task, instruction) rows from a .jsonl file, an agents-report folder or a job output folder."""
+    from filters.task_predictor import load_training_rows
+    from filters.train_task_predictor import read_jsonl
+
+    return read_jsonl(src) if src.endswith(".jsonl") else load_training_rows([src])
+
+
 def cmd_task_predictor(a) -> int:
+    if a.eval:
+        return _eval_task_predictor(a)
+    if a.kind == "minilm-logreg":
+        return _train_logreg(a)
+    return _train_finetuned(a)
+
+
+def _eval_task_predictor(a) -> int:
+    from filters.task_predictor import load_task_predictor
+    from filters.train_task_predictor import evaluate, format_evaluation
+
+    predictor = load_task_predictor(a.model, a.sha256)
+    out = {}
+    for src in a.eval:
+        rows = _labelled_rows(src)
+        if not rows:
+            print(f"no labelled instructions in {src}", file=sys.stderr)
+            return 2
+        rep = evaluate(predictor, rows)
+        out[src] = rep
+        if not a.json:
+            print(format_evaluation(rep, f"{src} ({a.model or 'shipped model'}): "))
+            if a.errors:
+                print("\n".join(f"  {e['task']:>12} → {e['predicted']:<12} p={e['p']:.2f}  {e['instruction']}"
+                                 for e in rep["errors"]))
+            print()
+    if a.json:
+        print(json.dumps(out if a.errors else {k: {x: y for x, y in v.items() if x != "errors"} for k, v in out.items()},
+                         indent=1))
+    return 0
+
+
+def _train_finetuned(a) -> int:
+    import time
+    from pathlib import Path
+
+    import numpy as np
+
+    from filters.task_predictor import FineTunedTaskPredictor
+    from pipeline.config import REPO_ROOT
+    from filters.train_task_predictor import HELDOUT_FILE, evaluate, format_evaluation, human_rows, read_jsonl, train
+    from tasks import with_agents
+
+    rows, pipeline_test = human_rows(), []
+    if a.sources:
+        # the pipeline's instructions join the training set, split by caption so that the held-out
+        # part shares no caption with what was trained on
+        from filters.task_predictor import load_training_rows
+        own = load_training_rows(a.sources)
+        caps = sorted({r["caption"] for r in own})
+        held = set(np.random.default_rng(0).permutation(caps)[:int(round(a.holdout * len(caps)))].tolist())
+        rows += [r for r in own if r["caption"] not in held]
+        pipeline_test = [r for r in own if r["caption"] in held]
+    t0 = time.time()
+    model = train(rows, sorted(with_agents()), trainable_layers=a.layers, epochs=a.epochs, seed=a.seed)
+    seconds = round(time.time() - t0, 1)
+    out = Path(a.out) if Path(a.out).is_absolute() else REPO_ROOT / a.out     # where load() looks for it
+    digest = model.save(out)
+    out.with_name(out.name + ".sha256").write_text(f"{digest}  {out.name}\n")
+    predictor = FineTunedTaskPredictor.load(out)          # what ships: the fp16 layers, checksum checked
+    report = {"train_rows": len(rows), "train_seconds": seconds, "saved": str(out), "sha256": digest,
+              "bytes": out.stat().st_size, "heldout": evaluate(predictor, read_jsonl(HELDOUT_FILE))}
+    if pipeline_test:
+        report["pipeline_heldout"] = evaluate(predictor, pipeline_test)
+    if a.json:
+        print(json.dumps({k: ({x: y for x, y in v.items() if x != "errors"} if isinstance(v, dict) else v)
+                          for k, v in report.items()}, indent=1))
+    else:
+        print(f"trained on {len(rows)} instructions in {seconds}s; saved {out} ({report['bytes'] / 1e6:.1f} MB, "
+              f"sha256 {digest[:16]}…, recorded in {out.name}.sha256)\n")
+        print(format_evaluation(report["heldout"], f"{HELDOUT_FILE.relative_to(REPO_ROOT)}: "))
+        if pipeline_test:
+            print("\n" + format_evaluation(report["pipeline_heldout"], "pipeline instructions of held-out captions: "))
+    return 0
+
+
+def _train_logreg(a) -> int:
     from filters.task_predictor import load_training_rows, train_and_evaluate
 
+    if not a.sources:
+        raise SystemExit("pairforge task-predictor --kind minilm-logreg: --from DIR is required")
     rows = load_training_rows(a.sources)
     if not rows:
         print(f"no instructions found in {a.sources}", file=sys.stderr)
         return 2
+    out = a.out if a.out.endswith(".npz") else "filters/data/task_predictor_minilm.npz"
     model, rep = train_and_evaluate(rows, holdout=a.holdout)
-    model.save(a.out)
-    rep["saved"] = a.out
+    model.save(out)
+    rep["saved"] = out
     if a.json:
         print(json.dumps(rep, indent=1))
     else:
@@ -164,7 +253,28 @@ def cmd_task_predictor(a) -> int:
               f"({rep['heldout_captions']} captions): accuracy {rep['accuracy']:.1%}")
         print("per task: " + ", ".join(f"{t} {v:.0%}" for t, v in rep["per_task"].items()))
         print("top confusions: " + ", ".join(f"{k}×{v}" for k, v in rep["top_confusions"].items()))
-        print(f"final model (all {len(rows)} instructions) saved to {a.out}")
+        print(f"final model (all {len(rows)} instructions) saved to {out}")
+    return 0
+
+
+def cmd_predict_task(a) -> int:
+    from filters.task_predictor import load_task_predictor
+
+    texts = list(a.instructions)
+    if texts == ["-"]:
+        texts = [line.strip() for line in sys.stdin if line.strip()]
+    elif "-" in texts:
+        raise SystemExit("pairforge predict-task: '-' (read stdin) cannot be mixed with instructions")
+    if not texts:
+        raise SystemExit("pairforge predict-task: no instructions given")
+    predictor = load_task_predictor(a.model, a.sha256)
+    for ins in texts:            # one by one: a long stdin starts printing at once
+        p, order = predictor.predict_proba([ins])
+        i = int(p[0].argmax())
+        row = {"instruction": ins, "task": order[i], "p": round(float(p[0, i]), 4)}
+        if a.top > 1:
+            row["top"] = [[order[j], round(float(p[0, j]), 4)] for j in p[0].argsort()[::-1][:a.top]]
+        print(json.dumps(row), flush=True)
     return 0
 
 
@@ -253,14 +363,58 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--json", action="store_true")
     g.set_defaults(fn=lambda a: __import__("pipeline.agents_report", fromlist=["main"]).main(a))
 
-    tp = sub.add_parser("task-predictor", help="train the MiniLM task predictor on instructions the pipeline "
-                        "generated and report its held-out accuracy")
-    tp.add_argument("--from", dest="sources", action="append", required=True, metavar="DIR",
-                    help="an agents-report folder (agents_*.jsonl) or a job output folder; repeatable")
-    tp.add_argument("--out", default="filters/data/task_predictor_minilm.npz", help="weights file to write")
-    tp.add_argument("--holdout", type=float, default=0.2, help="fraction of captions held out for the accuracy")
+    tp = sub.add_parser(
+        "task-predictor", help="train the task predictor (MiniLM fine-tuned on human-style instructions) and "
+        "report its held-out accuracy, or --eval a trained one",
+        description="Train: fine-tune all-MiniLM-L6-v2's last two layers and a head on\n"
+        "filters/data/task_instructions/train.jsonl and the prompt files' exemplars (plus, with --from,\n"
+        "the pipeline's own instructions), write the weights and FILE.sha256, and report accuracy, per-task\n"
+        "accuracy and the confusion table on filters/data/task_instructions/heldout.jsonl (never trained on).\n"
+        "--kind minilm-logreg trains the earlier logistic regression on --from folders instead.\n\n"
+        "Evaluate: --eval FILE|DIR scores a trained model (default: the shipped one; --model to choose)\n"
+        "on labelled instructions: a .jsonl of {task, instruction}, an agents-report folder or a job folder.",
+        epilog="examples:\n"
+        "  pairforge task-predictor --eval filters/data/task_instructions/heldout.jsonl\n"
+        "  pairforge task-predictor --eval filters/data/task_instructions/heldout.jsonl "
+        "--model filters/data/task_predictor_minilm.npz\n"
+        "  pairforge task-predictor --eval out/agents-report --errors      # SmolLM2's own instructions\n"
+        "  pairforge task-predictor                                        # retrain the shipped model\n"
+        "  pairforge task-predictor --from out/agents-report --out models/tp.safetensors",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    tp.add_argument("--from", dest="sources", action="append", metavar="DIR",
+                    help="an agents-report folder (agents_*.jsonl) or a job output folder whose instructions join "
+                    "the training set (20%% of their captions held out and reported); repeatable")
+    tp.add_argument("--kind", choices=["minilm-finetuned", "minilm-logreg"], default="minilm-finetuned")
+    tp.add_argument("--out", default="filters/data/task_predictor_minilm_ft.safetensors",
+                    help="weights file to write (minilm-logreg: an .npz, default filters/data/task_predictor_minilm.npz)")
+    tp.add_argument("--epochs", type=int, default=10, help="minilm-finetuned: passes over the data (default 10)")
+    tp.add_argument("--layers", type=int, default=2, help="minilm-finetuned: transformer layers trained, from "
+                    "the top (default 2; each adds 1.8 MB to the file)")
+    tp.add_argument("--seed", type=int, default=0)
+    tp.add_argument("--holdout", type=float, default=0.2, help="fraction of --from captions held out for the accuracy")
+    tp.add_argument("--eval", action="append", metavar="FILE|DIR", help="only evaluate: labelled instructions "
+                    "(.jsonl of {task, instruction}, agents-report or job folder); repeatable")
+    tp.add_argument("--model", help="with --eval: weights file (.safetensors fine-tuned, .npz logreg; default the "
+                    "shipped fine-tuned model)")
+    tp.add_argument("--sha256", help="with --eval: expected sha256 of --model (default: FILE.sha256 beside it)")
+    tp.add_argument("--errors", action="store_true", help="with --eval: list every misread instruction")
     tp.add_argument("--json", action="store_true")
     tp.set_defaults(fn=cmd_task_predictor)
+
+    pt = sub.add_parser(
+        "predict-task", help="which of the sixteen tasks an instruction asks for: one JSON line per instruction",
+        description="Print {\"instruction\", \"task\", \"p\"} as one JSON line per instruction: the task the task\n"
+        "predictor reads and its probability. Instructions come as arguments, or one per line on stdin with '-'.",
+        epilog="examples:\n"
+        "  pairforge predict-task \"get rid of the car\" \"make it look like a van gogh\"\n"
+        "  cut -f2 instructions.tsv | pairforge predict-task - > predicted.jsonl\n"
+        "  pairforge predict-task --model filters/data/task_predictor_minilm.npz \"edges only\"   # the older model",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    pt.add_argument("instructions", nargs="+", metavar="INSTRUCTION", help="instruction text, or - to read one per line from stdin")
+    pt.add_argument("--model", help="weights file (.safetensors fine-tuned, .npz logreg; default the shipped fine-tuned model)")
+    pt.add_argument("--sha256", help="expected sha256 of --model (default: FILE.sha256 beside it)")
+    pt.add_argument("--top", type=int, default=1, help="also list the N most likely tasks with their probabilities")
+    pt.set_defaults(fn=cmd_predict_task)
 
     from trainer.cli import add_subcommands   # train, edit, eval (the editing model)
     add_subcommands(sub)

@@ -133,10 +133,12 @@ def test_minilm_predictor_learns_tasks_and_round_trips(tmp_path):
         MiniLMTaskPredictor.load(tmp_path / "missing.npz")
 
 
-def test_bundled_predictor_covers_every_task_with_an_agent():
+@pytest.mark.parametrize("kind", ["minilm-finetuned", "minilm-logreg"])
+def test_bundled_predictor_covers_every_task_with_an_agent(kind):
+    from filters.task_predictor import build_task_predictor
     from tasks import with_agents
-    m = MiniLMTaskPredictor.load(TaskPredictorConfig().path)
-    assert set(m.tasks) == set(with_agents())
+    m = build_task_predictor(TaskPredictorConfig(kind=kind))
+    assert m.kind == kind and set(m.tasks) == set(with_agents())
 
 
 def test_flan_t5_backend_runs_on_a_tiny_model():

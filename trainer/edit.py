@@ -24,7 +24,7 @@ from tasks import SampleReject
 from trainer.model import EditModel, load_edit_model
 
 log = logging.getLogger("pairforge.edit")
-DEFAULT_PREDICTOR = "filters/data/task_predictor_minilm.npz"
+DEFAULT_PREDICTOR = "filters/data/task_predictor_minilm_ft.safetensors"   # .npz: the older logreg
 
 
 def threshold_edit(previous: np.ndarray, edited: np.ndarray, alpha: float = 0.03, sigma: float = 1.0) -> np.ndarray:
@@ -70,8 +70,8 @@ class Editor:
         if self._predictor is None:
             if not self._predictor_path:
                 raise ValueError("no task given and no task predictor configured; pass --task")
-            from filters.task_predictor import MiniLMTaskPredictor
-            self._predictor = MiniLMTaskPredictor.load(self._predictor_path)
+            from filters.task_predictor import load_task_predictor
+            self._predictor = load_task_predictor(self._predictor_path)
         proba, names = self._predictor.predict_proba([instruction])
         ranked = sorted(((p, n) for p, n in zip(proba[0], names) if n in self.tasks), reverse=True)
         if not ranked:
