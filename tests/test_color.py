@@ -383,3 +383,12 @@ def test_instruction_must_ask_for_exactly_the_planned_effects(task):
     ]
     for plan, text, want in cases:
         assert task.check_answer(cap, {"instruction": text, "output_caption": "x"}, plan) == want, text
+
+
+def test_every_plan_phrase_names_its_own_effect_and_no_other():
+    """An agent that repeats the query's phrases passes the instruction check."""
+    from tasks.color_words import OP_EFFECT, named_effects
+
+    for op, phrases in C.PHRASES.items():
+        for p in phrases:
+            assert named_effects(p) == {OP_EFFECT[op]}, (op, p)

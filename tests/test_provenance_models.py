@@ -82,8 +82,10 @@ def _stub_server(root: str | None):
             self._send({"data": [{"id": "stub-llm", **({"root": root} if root else {})}]})
 
         def do_POST(self):
-            self.rfile.read(int(self.headers["Content-Length"]))
-            text = json.dumps({"instruction": "Make the whole photo darker", "output_caption": "a darker photo"})
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            # the color agent must ask for exactly the planned change: say the query's phrases
+            change = body["messages"][-1]["content"].split("Change: ", 1)[-1].replace("; ", " and ")
+            text = json.dumps({"instruction": f"Please {change}.", "output_caption": "the edited photo"})
             self._send({"choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
                         "usage": {"completion_tokens": 7}})
 
