@@ -48,6 +48,9 @@ class MiniLMClassifier(torch.nn.Module):
 
         self.tasks = list(tasks)
         self.trainable_layers = int(trainable_layers)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()       # a "Loading weights" bar per worker on the job's console
         self.tok = AutoTokenizer.from_pretrained(str(base_path()))
         self.encoder = AutoModel.from_pretrained(str(base_path()))
         n_layers = len(self.encoder.encoder.layer)
