@@ -16,6 +16,8 @@ from pipeline.plan import build_plan
 from pipeline.schema import flow_table
 from pipeline.stages.instruct import InstructStage
 
+# The generic answer checks, on the global task: its own check (the output caption really differs)
+# leaves these answers alone, while color's would reject "Make it darker" over a plan that blurs.
 ANSWERS = {
     # keyed by a word of the caption → what the "server" says
     "garbage": (200, "Sure! Here is a nice instruction for you :)"),
@@ -73,7 +75,7 @@ def test_each_bad_answer_is_a_reject_with_its_reason(fake_server, tmp_path):
     caps = tmp_path / "caps.txt"
     caps.write_text("\n".join(["garbage photo", "truncated photo", "wrongkeys photo", "same caption here",
                                "fenced photo", "error photo"]) + "\n")
-    cfg = JobConfig.model_validate({"tasks": {"color": 1.0}, "source": {"kind": "captions", "path": str(caps)},
+    cfg = JobConfig.model_validate({"tasks": {"global": 1.0}, "source": {"kind": "captions", "path": str(caps)},
                                     "llm": {"url": fake_server, "retries": 1, "cache": False}})
     rows = build_plan(cfg)
     out = InstructStage(cfg.model_dump(mode="json"))(flow_table(rows)).to_pylist()
@@ -97,7 +99,7 @@ def test_each_bad_answer_is_a_reject_with_its_reason(fake_server, tmp_path):
 def test_length_bounds_and_duplicates_for_one_caption(fake_server, tmp_path):
     caps = tmp_path / "caps.txt"
     caps.write_text("short photo\ntwice photo\n")
-    cfg = JobConfig.model_validate({"tasks": {"color": 1.0}, "source": {"kind": "captions", "path": str(caps), "repeats": 3},
+    cfg = JobConfig.model_validate({"tasks": {"global": 1.0}, "source": {"kind": "captions", "path": str(caps), "repeats": 3},
                                     "llm": {"url": fake_server, "retries": 0, "cache": False}})
     out = InstructStage(cfg.model_dump(mode="json"))(flow_table(build_plan(cfg))).to_pylist()
     short = [r for r in out if r["caption"].startswith("short")]
@@ -117,7 +119,7 @@ def test_length_bounds_and_duplicates_for_one_caption(fake_server, tmp_path):
         for r in rows:
             r["sample_index"] -= 3                            # the 'twice' rows as a job of their own
         ShardWriter(out, m, {0: 3}, 3, job_name="t", config_hash="h", code_version="v", write_rejects=True).add(rows[::-1])
-        t = compute_stats(out)["tasks"]["color"]
+        t = compute_stats(out)["tasks"]["global"]
         assert (t["accepted"], t["reject_reasons"]) == (1, {"instruct:duplicate_instruction": 2}), name
 
 
