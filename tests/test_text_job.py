@@ -35,6 +35,7 @@ def test_job_with_the_text_task(vllm_url, tmp_path):
     (src / "captions.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     job = write_job(tmp_path / "job.yaml", vllm_url, tasks={"text": 1.0}, source={"kind": "images", "path": str(src),
                     "repeats": 3}, stages__text={"actors": 1, "num_cpus": 0.5, "batch_size": 4},
+                    output__rows_per_shard=6,     # whole source rows per shard (3 repeats each)
                     filters__rules={"text": {"clip_dir": None, "clip_img": None, "clip_out": None}},
                     filters__task_predictor={"enabled": False}, llm__timeout_s=600)
     out = tmp_path / "out"
