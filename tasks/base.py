@@ -51,6 +51,13 @@ class Task(ABC):
     def llm_query(self, caption: str, plan: dict[str, Any]) -> str:
         return f"Caption: {caption.strip()}"
 
+    def answer_schema(self, schema: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
+        """The JSON schema the server constrains this sample's answer to: the prompt file's schema,
+        narrowed by a task whose plan fixes part of the answer (text: which fields an operation
+        fills). A constraint here costs nothing; the same mistake caught by ``check_answer`` costs
+        an LLM round trip. ``check_answer`` still checks, for backends without structured output."""
+        return schema
+
     def check_answer(self, caption: str, answer: dict[str, Any], plan: dict[str, Any]) -> str | None:
         """Task-specific answer check after schema validation; return a reject reason (a short
         snake_case code, counted in the statistics) or None."""

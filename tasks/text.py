@@ -66,6 +66,17 @@ class TextTask(Task):
     def llm_query(self, caption: str, plan: dict[str, Any]) -> str:
         return render_query(caption, plan["op"])
 
+    def answer_schema(self, schema: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
+        # the operation decides which texts exist: add has no old text, remove no new text. Left
+        # free, SmolLM2 copies the caption's sign text into old_text for most "add" plans.
+        op = plan.get("op")
+        if op not in OPS:
+            return schema
+        props = dict(schema["properties"])
+        for key, filled in (("old_text", op in ("remove", "replace")), ("new_text", op in ("add", "replace"))):
+            props[key] = {"type": "string", "minLength": 1} if filled else {"type": "string", "maxLength": 0}
+        return {**schema, "properties": props}
+
     def check_answer(self, caption: str, answer: dict[str, Any], plan: dict[str, Any]) -> str | None:
         op = plan.get("op")
         old, new = _squash(answer.get("old_text", "")), _squash(answer.get("new_text", ""))
@@ -77,6 +88,9 @@ class TextTask(Task):
         instruction = answer.get("instruction", "")
         if want_new and not names_text(new, instruction):
             return "new_text_not_in_instruction"
+        if op == "add" and asks_removal(instruction):
+            # "Remove the cat from the banner and print TABBY CAT": the pair only adds text
+            return "removal_for_add"
         if op == "remove":
             # the pair erases old_text: the instruction names it and asks for it to go
             if not names_text(old, instruction):

@@ -262,6 +262,32 @@ def test_text_rejects_op_mismatch(op, old, new):
     assert task.check_answer("A shop sign", _text_answer(old, new), {"op": op}) == "text_op_mismatch"
 
 
+@pytest.mark.parametrize("op", ["add", "remove", "replace"])
+def test_text_answer_schema_makes_the_op_mismatch_unwritable(op):
+    """The schema the server is asked to constrain the answer to already encodes the operation: an
+    answer that the op check would reject is invalid under it, one that fits the op is valid."""
+    task = get_task("text")
+    base = load_prompt("text").answer_schema
+    narrowed = task.answer_schema(base, {"op": op})
+    assert narrowed is not base and base["properties"]["old_text"] == {"type": "string"}   # prompt's schema untouched
+    fits = {"add": ("", "OPEN"), "remove": ("CLOSED", ""), "replace": ("CLOSED", "OPEN")}[op]
+    for old, new in (("CLOSED", "OPEN"), ("", "OPEN"), ("CLOSED", ""), ("", "")):
+        ans = _text_answer(old, new, f"Write OPEN in place of CLOSED")
+        ok = jsonschema.Draft202012Validator(narrowed).is_valid(ans)
+        assert ok == ((old, new) == fits), (op, old, new)
+        if not ok:
+            assert task.check_answer("A shop sign", ans, {"op": op}) == "text_op_mismatch"
+    assert task.answer_schema(base, {}) is base                    # no op planned: nothing to narrow
+
+
+def test_text_add_that_asks_for_a_removal_is_rejected():
+    task = get_task("text")
+    ans = _text_answer("", "TABBY CAT", "Remove the tabby cat from the banner, and print the font's words")
+    assert task.check_answer("A tabby cat under a banner", ans, {"op": "add"}) == "removal_for_add"
+    ans = _text_answer("", "TABBY CAT", "Print TABBY CAT on the banner")
+    assert task.check_answer("A tabby cat under a banner", ans, {"op": "add"}) is None
+
+
 def test_text_rejects_unchanged_replace():
     task = get_task("text")
     assert task.check_answer("A shop sign", _text_answer("OPEN", "open"), {"op": "replace"}) == "text_unchanged"

@@ -31,7 +31,9 @@ ANSWERS = {
                                     "original_object": "the dog's tail", "edited_object": "a fluffy scarf",
                                     "output_caption": "a dog wearing a fluffy scarf on a lawn"})),
     "twice": (200, '{"instruction": "Make the whole photo darker", "output_caption": "a darker photo, twice"}'),
+    "schemacheck": (200, "{}"),
 }
+SEEN: list[dict] = []       # request bodies, for the tests that check what was asked
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -51,6 +53,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        SEEN.append(req)
         caption = req["messages"][-1]["content"]
         if caption.startswith("Phrase: "):          # the de-possession agent
             code, text = 200, json.dumps({"object": caption.split("'s ", 1)[-1]})
@@ -133,3 +136,25 @@ def test_possessive_object_gets_a_second_prompt_and_both_phrases_are_kept(fake_s
     assert ans["original_object"] == "the dog's tail" and ans["original_object_plain"] == "tail"
     assert "edited_object_plain" not in ans                   # not possessive: no second prompt
     assert json.loads(row["llm"])["depossess"] == {"original_object": "llm"}
+
+
+def test_the_server_is_asked_for_the_schema_of_each_sample_plan(fake_server, tmp_path):
+    """Text samples: the request's JSON schema is the one narrowed to that sample's planned op, so
+    the server cannot answer an add with an old text (tasks/text.py:answer_schema)."""
+    from pipeline.agents_report import _rows
+    cfg = JobConfig.model_validate({"tasks": {"color": 1.0}, "llm": {"url": fake_server, "retries": 0, "cache": False}})
+    rows = _rows([f"schemacheck photo of a sign number {i}" for i in range(12)], ["text"], seed=3)
+    SEEN.clear()
+    out = InstructStage(cfg.model_dump(mode="json"))(flow_table(rows)).to_pylist()
+    by_caption = {r["messages"][-1]["content"].split("\n")[0].removeprefix("Caption: "): r for r in SEEN}
+    ops = set()
+    for r in out:
+        op = json.loads(r["plan"])["op"]
+        ops.add(op)
+        schema = by_caption[r["caption"]]["response_format"]["json_schema"]["schema"]
+        props = schema["properties"]
+        assert (props["old_text"].get("minLength"), props["old_text"].get("maxLength")) == \
+            ((1, None) if op in ("remove", "replace") else (None, 0)), op
+        assert (props["new_text"].get("minLength"), props["new_text"].get("maxLength")) == \
+            ((1, None) if op in ("add", "replace") else (None, 0)), op
+    assert ops == {"add", "remove", "replace"}

@@ -86,11 +86,11 @@ class InstructStage(Stage):
         self.model_refs = {"llm": llm_ref(self.llm, self.backend)}       # once per actor
 
     # ---------------------------------------------------------------- LLM round trip with cache
-    def _ask(self, prompts: list, specs: list, seeds: list[int]) -> list[ChatResult]:
+    def _ask(self, prompts: list, schemas: list[dict], seeds: list[int]) -> list[ChatResult]:
         llm = self.llm
         reqs, keys = [], []
-        for p, spec, seed in zip(prompts, specs, seeds):
-            schema = spec.answer_schema if llm.structured_output else None
+        for p, schema, seed in zip(prompts, schemas, seeds):
+            schema = schema if llm.structured_output else None
             reqs.append(ChatRequest(messages=p.messages, seed=seed, temperature=llm.temperature, top_p=llm.top_p,
                                     max_tokens=llm.max_tokens, json_schema=schema))
             keys.append(request_key(self.backend.model, p.messages, seed, llm.temperature, llm.top_p,
@@ -182,7 +182,8 @@ class InstructStage(Stage):
         task = get_task(row["task"])
         plan = task.plan(np.random.default_rng([row["seed"], 0x91A4]), cap)
         row["plan"] = json.dumps(plan, sort_keys=True)
-        return {"row": row, "task": task, "plan": plan, "spec": load_prompt(task.prompt_file.removesuffix(".yaml")),
+        spec = load_prompt(task.prompt_file.removesuffix(".yaml"))
+        return {"row": row, "task": task, "plan": plan, "spec": spec, "schema": task.answer_schema(spec.answer_schema, plan),
                 "query": task.llm_query(cap, plan), "tries": 0, "tokens": 0}
 
     def _check(self, j: dict, text: str | None) -> tuple[dict | None, str | None, str]:
@@ -203,7 +204,7 @@ class InstructStage(Stage):
             return
         seeds = [(j["row"]["seed"] + 7 * (i + 1)) % (2**31 - 1) for i, (j, _) in enumerate(todo)]
         prompts = [self._build(spec, f"Phrase: {j['answer'][k]}", s) for (j, k), s in zip(todo, seeds)]
-        for (j, k), res in zip(todo, self._ask(prompts, [spec] * len(todo), seeds)):
+        for (j, k), res in zip(todo, self._ask(prompts, [spec.answer_schema] * len(todo), seeds)):
             ans, _, _ = validate_answer(res.text, spec.answer_schema, "")
             plain = ans.get("object") if ans else None
             # the answer must be a part of the phrase, not a new object; else the rule decides
@@ -221,7 +222,7 @@ class InstructStage(Stage):
             for j in todo:
                 j["llm_seed"] = (j["row"]["seed"] + 1_000_003 * attempt) % (2**31 - 1)
                 j["prompt"] = self._build(j["spec"], j["query"], j["llm_seed"])
-            results = self._ask([j["prompt"] for j in todo], [j["spec"] for j in todo], [j["llm_seed"] for j in todo])
+            results = self._ask([j["prompt"] for j in todo], [j["schema"] for j in todo], [j["llm_seed"] for j in todo])
             for j, res in zip(todo, results):
                 j["tries"] += 1
                 j["tokens"] += res.completion_tokens or 0
