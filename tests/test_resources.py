@@ -110,6 +110,11 @@ def test_pools_follow_the_tasks():
     cfg = _cfg()
     names = [p.stage for p in pool_specs(cfg, {"color"})]
     assert "pair_cpu" in names and "text" not in names and "translate" not in names
+    # no SD, detector or segmenter actors (models loaded, GPUs held) for a task that uses none
+    assert not {"ground", "diffusion_base", "diffusion_edit"} & set(names), names
+    assert {"ground", "diffusion_base", "diffusion_edit"} <= {p.stage for p in pool_specs(cfg, {"color", "local"})}
+    assert "ground" in {p.stage for p in pool_specs(cfg, {"background"})}
+    assert "diffusion_base" not in {p.stage for p in pool_specs(cfg, {"detect"})}
     req = requirements(pool_specs(cfg, {"color"}))
     assert req["GPU"] == 0 and req["actors"] == len(names)
 

@@ -62,6 +62,11 @@ class _DiffusionStage(Stage):
         if g.inp is not None:
             self.refs["inpaint"] = model_ref(g.inp.spec, g.inp.unet, g.inp.vae, g.inp.text_encoder)
 
+    @classmethod
+    def needed(cls, tasks: set[str]) -> bool:
+        # a color or text job must not start (and on a cluster reserve GPUs for) SD actors
+        return any(get_task(t).stage == "diffusion" for t in tasks)
+
     def wants(self, row: dict) -> bool:
         return get_task(row["task"]).stage == "diffusion"
 

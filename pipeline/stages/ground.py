@@ -51,6 +51,10 @@ class GroundStage(Stage):
         self.detector_refs = detector_refs(self.detector)
         self.segmenter_refs = {"segmenter": model_ref(self.segmenter.spec, self.segmenter)}
 
+    @classmethod
+    def needed(cls, tasks: set[str]) -> bool:
+        return any(grounds(t) for t in tasks)
+
     def wants(self, row: dict) -> bool:
         return grounds(row["task"]) and row["input_png"] is not None
 
