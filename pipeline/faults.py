@@ -147,11 +147,15 @@ def inject(stage: str, rows: list[dict], when: str) -> None:
     """Fault hook for the fault tests; a no-op unless ``PAIRFORGE_TEST_FAULTS`` names a JSON file.
 
     The file holds a list of faults ``{"stage", "when": "before"|"after", "kind": "oom"|"transient"|
-    "error", "times": n, "min_rows": k}``. A fault fires when ``stage`` processes a batch of at least
-    ``min_rows`` rows: "before" the stage runs, or "after" it has mutated the rows, at most ``times``
-    times over the whole job (counted with token files beside the spec, so every worker process
-    shares the count). "oom" raises torch's OutOfMemoryError, as CUDA does; "transient" a
-    ConnectionError; "error" a plain RuntimeError (a failure with no known cause)."""
+    "error"|"kill"|"kill_group", "times": n, "min_rows": k, "skip": s}``. A fault fires when
+    ``stage`` processes a batch of at least ``min_rows`` rows: "before" the stage runs, or "after"
+    it has mutated the rows, at most ``times`` times over the whole job, after letting the first
+    ``skip`` such batches pass (both counted with token files beside the spec, so every worker
+    process shares the count). "oom" raises torch's OutOfMemoryError, as CUDA does; "transient" a
+    ConnectionError; "error" a plain RuntimeError (a failure with no known cause); "kill" sends
+    SIGKILL to this process, as a node's OOM killer would to a stage actor; "kill_group" to this
+    process's whole group (the driver's: the job and its embedded Ray, as ``kill -9`` of a job).
+    The stage "commit" is the driver, once a shard's commit record is written."""
     spec = os.environ.get(ENV)
     if not spec:
         return
@@ -160,6 +164,8 @@ def inject(stage: str, rows: list[dict], when: str) -> None:
     for i, fault in enumerate(faults):
         if fault["stage"] != stage or fault.get("when", "before") != when or len(rows) < fault.get("min_rows", 1):
             continue
+        if _take_token(f"{spec}.seen-{i}", int(fault.get("skip", 0))):
+            continue                                  # one of the first `skip` batches: let it pass
         for n in range(int(fault.get("times", 1))):
             token = f"{spec}.fired-{i}-{n}"
             try:
@@ -173,4 +179,23 @@ def inject(stage: str, rows: list[dict], when: str) -> None:
                 raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate 2.00 GiB ({msg})")
             if kind == "transient":
                 raise ConnectionError(f"connection refused ({msg})")
+            if kind in ("kill", "kill_group"):
+                with open(token, "w") as f:           # who died, for the test to look for its successor
+                    f.write(str(os.getpid()))
+                import signal
+                if kind == "kill_group":
+                    os.killpg(os.getpgid(0), signal.SIGKILL)
+                os.kill(os.getpid(), signal.SIGKILL)
             raise RuntimeError(msg)
+
+
+def _take_token(prefix: str, n: int) -> bool:
+    """Claim one of ``n`` numbered tokens ``prefix-0 … prefix-(n-1)``, shared by every process; False
+    once all are taken."""
+    for k in range(n):
+        try:
+            os.close(os.open(f"{prefix}-{k}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return True
+        except FileExistsError:
+            continue
+    return False

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from pipeline import __version__
 from pipeline.config import REPO_ROOT, JobConfig, JobError
+from pipeline import faults
 from pipeline.faults import retry_call
 from pipeline.plan import job_index, n_samples, n_shards, plan_shard, shard_range
 from pipeline.shards import TMP, Manifest, as_store, compact_shard
@@ -405,6 +406,7 @@ class Committer:
             self.commit_ms.append((time.perf_counter() - t) * 1000)
             self.store.delete_dir(f"{TMP}/shard-{k:05d}")
             self.committed_now.append(k)
+            faults.inject("commit", [entry], "after")      # test hook: a driver killed between commits
 
     def finish(self) -> None:
         while self.running:

@@ -71,3 +71,26 @@ def bad_inputs_folder(tmp_path):
 
 def pytest_configure(config):
     sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def color_reference(vllm_url, tmp_path_factory):
+    """One small color job (18 samples in 6 shards of 3) run once, undisturbed: the demo output the
+    job tests read (tests/test_job.py; none may change it), and the reference of the tests that
+    disturb the same job (a killed driver, stage actor or writer) and compare rows with it.
+
+    Its LLM answer cache is shared by all of them, as reruns of one job share theirs: what those
+    tests check is the pipeline (plan, ids, retries, commits, byte-stable rows), not the sampler of
+    the LLM engine. Batches of 2 in the light stages give each many calls to disturb."""
+    from tests.jobutil import run_cli, write_job
+    from tests.test_resume import _rows
+    d = tmp_path_factory.mktemp("color_reference")
+    job = write_job(d / "job.yaml", vllm_url, source__limit=6, source__repeats=3, output__rows_per_shard=3,
+                    llm__cache_dir=str(d / "llm_cache"),
+                    stages__instruct={"actors": 1, "num_cpus": 0.25, "batch_size": 2},
+                    stages__cpu={"actors": 1, "num_cpus": 0.25, "batch_size": 2},
+                    stages__filter={"actors": 1, "num_cpus": 0.25, "batch_size": 2})
+    run_cli("run", str(job), "--out", str(d / "clean"), "--no-progress", "-q")
+    rows = _rows(d / "clean")
+    assert len({r["id"] for r in rows}) == len(rows) == 18
+    return {"job": job, "out": d / "clean", "rows": rows, "n_shards": 6}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import http.server
 import json
+from pathlib import Path
 import threading
 import time
 import urllib.error
@@ -175,6 +176,22 @@ def test_the_fault_hook_fires_the_given_number_of_times_across_processes(tmp_pat
     st2 = _Recorder(_cfg())
     st2(_batch(4))
     assert st2.sizes == [4]
+
+
+def test_the_fault_hook_skips_batches_then_kills_its_process(tmp_path):
+    """``skip`` lets the first batches pass, counted across processes; ``kill`` is a SIGKILL of the
+    process that hit it (what the actor-kill test relies on), which leaves its pid for the test."""
+    import signal
+    import subprocess
+    import sys
+    spec = tmp_path / "faults.json"
+    spec.write_text(json.dumps([{"stage": "s", "kind": "kill", "skip": 2, "times": 1}]))
+    code = ("import sys; from pipeline import faults; faults.inject('s', [{}], 'before'); print('passed')")
+    env = {**__import__("os").environ, faults.ENV: str(spec), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True) for _ in range(4)]
+    assert [r.returncode for r in runs] == [0, 0, -signal.SIGKILL, 0], [r.stderr[-500:] for r in runs]
+    assert [r.stdout.strip() for r in runs] == ["passed", "passed", "", "passed"]
+    assert int((tmp_path / "faults.json.fired-0-0").read_text()) > 0
 
 
 # ---------------------------------------------------------------- the LLM client

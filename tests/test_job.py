@@ -5,7 +5,6 @@ them."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -18,11 +17,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def demo_out(vllm_url, tmp_path_factory):
-    d = tmp_path_factory.mktemp("demo")
-    job = write_job(d / "job.yaml", vllm_url, source__limit=6, source__repeats=2)
-    run_cli("run", str(job), "--out", str(d / "out"), "--no-progress")
-    return d / "out", job
+def demo_out(color_reference):
+    """The session's color job (tests/conftest.py), shared with the kill tests: one run, not two."""
+    return color_reference["out"], color_reference["job"]
 
 
 def test_bad_inputs_are_counted_rejects_and_the_job_finishes(vllm_url, bad_inputs_folder, tmp_path):
