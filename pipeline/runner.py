@@ -254,7 +254,8 @@ def run_job(cfg: JobConfig, out, *, progress: bool = True, chain: tuple | None =
         return summary
     t0 = time.time()
     tasks = set(cfg.tasks) | index.source_tasks
-    committer = Committer(store, manifest, expected, cfg.output.write_rejects)
+    keep_candidates = cfg.output.keep_candidates == "all"
+    committer = Committer(store, manifest, expected, cfg.output.write_rejects, keep_candidates)
     # 3. Ray, and the pools checked against it before anything is started; 4. LLM server,
     # 5. calibration, 6. the chain into shards
     init_ray(cfg, tasks)
@@ -271,7 +272,8 @@ def run_job(cfg: JobConfig, out, *, progress: bool = True, chain: tuple | None =
                 display.llm(watch.state)
             # writers are Ray tasks (as many as there is room for); one killed mid-write is retried
             writer = dict(fn_kwargs=dict(out=store.url(), job_name=cfg.name, config_hash=cfg.config_hash(),
-                                         code_version=code_version(), rows_per_shard=cfg.output.rows_per_shard),
+                                         code_version=code_version(), rows_per_shard=cfg.output.rows_per_shard,
+                                         keep_candidates=keep_candidates),
                           batch_format="pyarrow", batch_size=None, num_cpus=0.25, max_retries=10)
             import ray
             passes = []
@@ -368,8 +370,10 @@ class Committer:
 
     MAX_IN_FLIGHT = 64
 
-    def __init__(self, store: Store, manifest: Manifest, expected: dict[int, int], write_rejects: bool):
+    def __init__(self, store: Store, manifest: Manifest, expected: dict[int, int], write_rejects: bool,
+                 keep_candidates: bool = False):
         self.store, self.manifest, self.expected, self.write_rejects = store, manifest, expected, write_rejects
+        self.keep_candidates = keep_candidates
         self.arrived: Counter = Counter()
         self.parts: dict[int, list[str]] = {}
         self.running: dict = {}                 # compaction future → shard
@@ -386,7 +390,8 @@ class Committer:
         if self.arrived[k] > self.expected[k]:
             raise RuntimeError(f"shard {k} received {self.arrived[k]} rows, {self.expected[k]} expected")
         if self.arrived[k] == self.expected[k]:
-            fut = _compact.remote(self.store.url(), k, self.parts.pop(k), self.expected[k], self.write_rejects)
+            fut = _compact.remote(self.store.url(), k, self.parts.pop(k), self.expected[k], self.write_rejects,
+                                  self.keep_candidates)
             self.running[fut] = k
             if len(self.running) >= self.MAX_IN_FLIGHT:
                 self.harvest(wait=1)
@@ -411,8 +416,10 @@ class Committer:
             self.harvest(wait=1)
 
 
-def _compact_fn(out: str, k: int, parts: list[str], expected: int, write_rejects: bool) -> dict:
-    return retry_call(lambda: compact_shard(Store(out), k, parts, expected, write_rejects), f"compacting shard {k} in {out}")
+def _compact_fn(out: str, k: int, parts: list[str], expected: int, write_rejects: bool,
+                keep_candidates: bool = False) -> dict:
+    return retry_call(lambda: compact_shard(Store(out), k, parts, expected, write_rejects, keep_candidates),
+                      f"compacting shard {k} in {out}")
 
 
 class _LazyRemote:

@@ -77,6 +77,28 @@ FEATURES = Features({
 RECORD_SCHEMA: pa.Schema = FEATURES.arrow_schema
 IMAGE_COLUMNS = ("input_image", "output_image", "mask")
 
+# candidates/ (``output.keep_candidates: all``): one row per candidate that was NOT kept, of every
+# sample whose generator made several. The kept one is the sample's row in data/ or rejects/
+# (``candidate`` numbers match provenance.candidates' list and its ``selected``).
+CANDIDATE_FEATURES = Features({
+    "id": Value("string"),              # the sample's id
+    "sample_index": Value("int64"),
+    "task": Value("string"),
+    "candidate": Value("int32"),        # position in provenance.candidates["candidates"]
+    "selected": Value("int32"),         # the position that was kept (the same for all of a sample)
+    "passed": Value("bool"),            # passed every filter (was a candidate for keeping)
+    "reason": Value("string"),          # the first failing filter's reason, else null
+    # null when it equals the kept candidate's input (the usual case: one base image, several
+    # edits), so a sample's input is stored once
+    "input_image": Image(),
+    "output_image": Image(),
+    "mask": Image(),
+    "mask_variant": Value("string"),
+    "params": Value("string"),          # JSON
+    "scores": {k: Value("float64") for k in SCORE_FIELDS},
+})
+CANDIDATE_SCHEMA: pa.Schema = CANDIDATE_FEATURES.arrow_schema
+
 FLOW_SCHEMA = pa.schema([
     ("sample_index", pa.int64()),
     ("id", pa.string()),
@@ -212,6 +234,40 @@ def to_record(row: dict, *, job_name: str, config_hash: str, code_version: str) 
             "planned_task": row["task"],
         },
     }
+
+
+def to_candidate_records(row: dict) -> list[dict]:
+    """Flow row → its not-kept candidates as candidates/ records ([] for a one-candidate sample or
+    one that never reached the filter stage). Scores come from the filter's report, so a stored
+    candidate carries what decided against it."""
+    cands = row.get("candidates") or []
+    if len(cands) < 2 or not row.get("candidates_report"):
+        return []
+    rep = json.loads(row["candidates_report"])
+    sel, judged = int(rep["selected"]), rep["candidates"]
+    if len(judged) != len(cands):
+        raise ValueError(f"sample {row['id']}: {len(cands)} candidates, {len(judged)} in the filter's report")
+    sid, task = row["id"], row.get("final_task") or row["task"]
+    kept_input = cands[sel]["input_png"]
+    out = []
+    for i, (c, j) in enumerate(zip(cands, judged)):
+        if i == sel:
+            continue
+        scores = j.get("scores") or {}
+        out.append({
+            "id": sid, "sample_index": row["sample_index"], "task": task, "candidate": i, "selected": sel,
+            "passed": bool(j.get("keep")), "reason": j.get("reason"),
+            "input_image": None if c["input_png"] == kept_input else _img(c["input_png"], f"{sid}_c{i}_input.png"),
+            "output_image": _img(c["output_png"], f"{sid}_c{i}_output.png"),
+            "mask": _img(c["mask_png"], f"{sid}_c{i}_mask.png"),
+            "mask_variant": c["mask_variant"], "params": c["params"],
+            "scores": {k: scores.get(k) for k in SCORE_FIELDS},
+        })
+    return out
+
+
+def candidate_table(records: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(records, schema=CANDIDATE_SCHEMA)
 
 
 def record_table(records: list[dict]) -> pa.Table:
