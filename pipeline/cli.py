@@ -12,6 +12,8 @@ EPILOG = """examples:
   ray job submit --working-dir . -- pairforge run JOB.yaml    # the same job on a Ray cluster
   pairforge stats out/demo [--json]                           # what the job produced
   pairforge verify out/demo                                   # schema, counts, checksums
+  pairforge stats out/demo --html report.html                 # funnel, score histograms, pairs, candidates
+  pairforge export-preference out/demo pref.parquet           # DPO pairs (needs output.keep_candidates: all)
   pairforge bench deploy/profiles/local.yaml                  # per-stage throughput, efficiency, memory
   pairforge bench --scale 10000 100000 1000000 --json         # how driver memory, throughput and commits scale
   pairforge agents-report -n 200                              # instruction validity and diversity
@@ -116,6 +118,22 @@ def cmd_stats(a) -> int:
     if a.html:
         from pipeline.report_html import write_html
         print(f"HTML report: {write_html(a.out, a.html)}", file=sys.stderr)
+    return 0
+
+
+def cmd_export_preference(a) -> int:
+    from pipeline.preference import export_preference
+    try:
+        c = export_preference(a.out, a.dest, score=a.score, pairs=a.pairs, min_margin=a.min_margin,
+                              row_group=a.row_group)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(c, indent=1))
+    if not c["pairs"]:
+        print(f"error: no preference pairs in {a.out}, {a.dest} not written: were the job's candidates "
+              "kept (output.keep_candidates: all) and did a multi-candidate task accept samples?", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -328,8 +346,29 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("stats", help="per-task counts, acceptance, reject reasons, scores and parameters")
     s.add_argument("out", help="output folder of a job")
     s.add_argument("--json", action="store_true", help="machine-readable output")
-    s.add_argument("--html", metavar="FILE", help="also write an HTML page with thumbnails of accepted and rejected pairs")
+    s.add_argument("--html", metavar="FILE", help="also write one self-contained HTML page: the funnel per task, "
+                   "score histograms with their thresholds, a sample of pairs with masks, candidate strips, and "
+                   "reject reasons linked to examples (reads a fixed-size sample, never the whole job)")
     s.set_defaults(fn=cmd_stats)
+
+    ep = sub.add_parser(
+        "export-preference", help="DPO-ready Parquet: input image, instruction, chosen and rejected output, scores, margin",
+        description="Pairs the kept candidate of every accepted sample with the candidates the job did not keep "
+        "(OUT/candidates/, written when output.keep_candidates is all). The judge score decides when the "
+        "candidates have one, else the job's filters.select_by (a candidate that passed the filters beats one "
+        "that did not). Streams shard by shard; OUT and DEST may be object-store URIs. "
+        "Opens with datasets.load_dataset('parquet', data_files=DEST).")
+    ep.add_argument("out", help="output folder of a job")
+    ep.add_argument("dest", help="Parquet file to write (path or URI)")
+    ep.add_argument("--score", default="auto", help="auto (judge when present, else the filter's select_by), "
+                    "judge, or a filter score: clip_dir, clip_img, clip_out, dino, depth_l1, l1")
+    ep.add_argument("--pairs", choices=["all", "worst"], default="all",
+                    help="all: the best candidate against each one ranked below it; worst: only the lowest-ranked")
+    ep.add_argument("--min-margin", type=float, default=0.0,
+                    help="leave out pairs whose score margin is not above this (unless only the chosen one "
+                    "passed the filters)")
+    ep.add_argument("--row-group", type=int, default=64, help="rows per Parquet row group (memory bound)")
+    ep.set_defaults(fn=cmd_export_preference)
 
     v = sub.add_parser("verify", help="check schema, counts and checksums; exit 1 on any problem")
     v.add_argument("out", help="output folder of a job")
