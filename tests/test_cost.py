@@ -85,3 +85,70 @@ def test_funnel_counts_reached_and_survived(out):
     assert "llm_server" not in {s["stage"] for t in fun.values() for s in t}
     assert [s["stage"] for s in fun["add"]] == ["source", "load", "instruct", "diffusion_base", "ground",
                                                  "diffusion_edit", "filter"]
+
+
+def _cli(capsys, *argv):
+    from pipeline.cli import main
+    rc = main(list(argv))
+    return rc, capsys.readouterr().out
+
+
+def test_cost_arithmetic_matches_stored_stage_times(out, capsys):
+    rc, text = _cli(capsys, "cost", str(out), "--price", "gpu=3", "--price", "cpu=0.1", "--json")
+    assert rc == 0
+    rep = json.loads(text)
+    rows = _stored(out)
+    for task in ("add", "color", None):
+        mine = [r for r in rows if task is None or r["task"] == task]
+        acc = sum(r["status"] == "accepted" for r in mine)
+        got = rep["all"] if task is None else rep["tasks"][task]
+        assert got["accepted"] == acc and got["samples"] == len(mine)
+        per_stage = {}
+        for r in mine:                          # rejected rows too: they used the stages before
+            for e in r["stage_times"]:
+                w, c, g = per_stage.get(e["stage"], (0, 0, 0))
+                per_stage[e["stage"]] = (w + e["wall_s"], c + e["cpu_s"], g + e["gpu_s"])
+        k = 1e6 / acc
+        gpu_h = sum(g for _, _, g in per_stage.values()) * k / 3600
+        cpu_h = sum(c for _, c, _ in per_stage.values()) * k / 3600
+        assert got["gpu_hours"] == pytest.approx(gpu_h) and got["cpu_hours"] == pytest.approx(cpu_h)
+        assert got["money"] == pytest.approx(gpu_h * 3 + cpu_h * 0.1)
+        money = {s: (c * 0.1 + g * 3) * k / 3600 for s, (w, c, g) in per_stage.items()}
+        assert got["bottleneck"]["stage"] == max(money, key=money.get)
+        assert {s["stage"]: s["money"] for s in got["stages"]} == pytest.approx(money)
+    assert rep["tasks"]["add"]["bottleneck"]["stage"] == "diffusion_edit"     # 2 s × 1 GPU a row
+    # the plain-text table says the same
+    rc, text = _cli(capsys, "cost", str(out), "--price", "gpu=3", "--price", "cpu=0.1")
+    assert rc == 0 and f"${rep['all']['money']:,.0f}" in text and "bottleneck: diffusion_edit" in text
+
+
+def test_cluster_plan_sizes_pools_from_stage_times(out, capsys):
+    import math
+    rc, text = _cli(capsys, "cost", str(out), "--target", "1000000", "--hours", "48", "--utilization", "0.5", "--json")
+    assert rc == 0
+    plan = json.loads(text)["cluster_plan"]
+    rows = _stored(out)
+    acc = sum(r["status"] == "accepted" for r in rows)
+    samples = math.ceil(1_000_000 / (acc / len(rows)))
+    assert plan["samples"] == samples
+    pools = {p["stage"]: p for p in plan["pools"]}
+    for stage in ("diffusion_edit", "llm_server", "load"):
+        es = [e for r in rows for e in r["stage_times"] if e["stage"] == stage]
+        wall = sum(e["wall_s"] for e in es)
+        actors = math.ceil(wall / len(rows) * samples / (48 * 3600 * 0.5))
+        assert pools[stage]["actors"] == actors
+        assert pools[stage]["gpus"] == pytest.approx(actors * sum(e["gpu_s"] for e in es) / wall)
+    assert plan["gpus"] == pytest.approx(sum(p["gpus"] for p in plan["pools"]))
+    # twice the hours, about half the actors of the big pool
+    rc, text = _cli(capsys, "cost", str(out), "--target", "1000000", "--hours", "96", "--utilization", "0.5", "--json")
+    longer = {p["stage"]: p for p in json.loads(text)["cluster_plan"]["pools"]}
+    assert longer["diffusion_edit"]["actors"] == math.ceil(pools["diffusion_edit"]["actor_hours"] * 3600 / (96 * 3600 * 0.5))
+    assert longer["diffusion_edit"]["actors"] < pools["diffusion_edit"]["actors"]
+
+
+def test_cost_refuses_bad_price_and_non_output(out, tmp_path, capsys):
+    from pipeline.cli import main
+    assert main(["cost", str(out), "--price", "tpu=1"]) == 2
+    assert "--price expects gpu=DOLLARS or cpu=DOLLARS" in capsys.readouterr().err
+    assert main(["cost", str(tmp_path / "nothing")]) == 2
+    assert "not a pairforge output folder" in capsys.readouterr().err
