@@ -142,6 +142,10 @@ class StagesConfig(_Strict):
     translate: StageResources = Field(default_factory=lambda: StageResources(actors=1, num_cpus=0.5, batch_size=8),
                                       description="Translation stage (depth, pose and segmentation annotators; Canny, normals; "
                                       "give it num_gpus on a cluster).")
+    llm_server: StageResources = Field(default_factory=lambda: StageResources(actors=1, num_cpus=1, batch_size=1),
+                                       description="What one vLLM server holds (num_cpus, num_gpus; actors = servers), for "
+                                       "cost accounting and the cluster plan (`pairforge cost`). Not a Ray pool: the "
+                                       "server runs beside the actors; batch_size is unused.")
 
     def for_stage(self, key: str) -> StageResources:
         """The pool settings of a stage's ``resources_key``. The split diffusion blocks take what they

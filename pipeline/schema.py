@@ -46,6 +46,11 @@ FEATURES = Features({
     "params": Value("string"),          # JSON: every sampled generation parameter
     "scores": {k: Value("float64") for k in SCORE_FIELDS},
     "status": Value("string"),          # accepted | rejected
+    # cost accounting: per stage the row reached, in chain order, its share of the batch's wall time
+    # and the CPU/GPU seconds that share held (stage's declared num_cpus/num_gpus × wall); also
+    # "llm_server" for the row's share of a vLLM server (pipeline/cost.py says how it is attributed)
+    "stage_times": List({"stage": Value("string"), "wall_s": Value("float64"), "cpu_s": Value("float64"),
+                         "gpu_s": Value("float64")}),
     "reject_reason": Value("string"),
     "reject_stage": Value("string"),
     "reject_detail": Value("string"),
@@ -134,6 +139,7 @@ FLOW_SCHEMA = pa.schema([
     ("final_task", pa.string()),       # set by the filter stage when the task predictor reassigns
     ("models", pa.string()),           # JSON role -> model reference, merged by every stage that made
                                        # or judged the row (pipeline/models/provenance.py)
+    ("stage_times", pa.string()),      # JSON stage -> [wall_s, cpu_s, gpu_s] (add_stage_time)
 ])
 
 
@@ -163,6 +169,20 @@ def reject(row: dict, stage: str, reason: str, detail: str = "") -> dict:
         row["reject_reason"] = reason
         row["reject_detail"] = (detail or "")[:500] or None
     return row
+
+
+def add_stage_time(row: dict, stage: str, wall_s: float, cpu_s: float, gpu_s: float) -> None:
+    """Add a stage's time to a flow row (summed when a row passes a stage twice, as calibration
+    samples do the filter: both passes used it)."""
+    t = json.loads(row.get("stage_times") or "{}")
+    w, c, g = t.get(stage, (0.0, 0.0, 0.0))
+    t[stage] = [w + wall_s, c + cpu_s, g + gpu_s]
+    row["stage_times"] = json.dumps(t)
+
+
+def stage_times_record(row: dict) -> list[dict]:
+    t = json.loads(row.get("stage_times") or "{}")
+    return [{"stage": k, "wall_s": v[0], "cpu_s": v[1], "gpu_s": v[2]} for k, v in t.items()]
 
 
 def flow_table(rows: list[dict]) -> pa.Table:
@@ -208,6 +228,7 @@ def to_record(row: dict, *, job_name: str, config_hash: str, code_version: str) 
         "params": row["params"],
         "scores": {k: scores.get(k) for k in SCORE_FIELDS},
         "status": "accepted" if accepted else "rejected",
+        "stage_times": stage_times_record(row),
         "reject_reason": None if accepted else row["reject_reason"],
         "reject_stage": None if accepted else row["reject_stage"],
         "reject_detail": None if accepted else row["reject_detail"],
