@@ -46,6 +46,15 @@ class NumSummary:
             if j < RESERVOIR:
                 self.sample[j] = x
 
+    def histogram(self, bins: int) -> dict:
+        """Counts in ``bins`` equal bins over [min, max] of the reservoir (exact while n ≤ RESERVOIR,
+        then the sample's shape scaled to n)."""
+        a = np.frombuffer(self.sample, dtype=float)
+        lo, hi = self.lo, self.hi if self.hi > self.lo else self.lo + 1e-9
+        counts, _ = np.histogram(a, bins=bins, range=(lo, hi))
+        scale = self.n / a.size if a.size else 0.0
+        return {"lo": self.lo, "hi": hi, "n": self.n, "counts": [int(round(c * scale)) for c in counts]}
+
     def summary(self) -> dict:
         a = np.frombuffer(self.sample, dtype=float)
         q = np.quantile(a, [0.1, 0.5, 0.9])
@@ -104,7 +113,8 @@ def iter_rows(store, path: str, columns: list[str], batch_size: int = 256):
             yield from batch.to_pylist()
 
 
-def compute_stats(out) -> dict:
+def compute_stats(out, bins: int = 0) -> dict:
+    """The job's statistics; ``bins`` > 0 adds per task a histogram of every score (the HTML report)."""
     store = as_store(out)
     m = Manifest(store)
     if m.data is None:
@@ -132,6 +142,8 @@ def compute_stats(out) -> dict:
                        "filter_drops": dict(t["filters"].most_common()),
                        "reassigned_from": dict(t["reassigned_from"].most_common()),
                        "scores": {k: v.summary() for k, v in sorted(t["scores"].items())},
+                       **({"histograms": {k: v.histogram(bins) for k, v in sorted(t["scores"].items())}}
+                          if bins else {}),
                        "params": {k: v.summary() for k, v in sorted(t["params"].items())}}
     acc = sum(t["accepted"] for t in tasks.values())
     total = sum(t["samples"] for t in tasks.values())
