@@ -130,18 +130,24 @@ def _hist_svg(metric: str, h: dict, lines: list[tuple[str, float]]) -> str:
 
     top = max(h["counts"] + [1])
     bw = (h["hi"] - h["lo"]) / len(h["counts"])
+    single = h["hi"] - h["lo"] < 1e-6               # one value (or one sample): one bar, 6 px wide
+
+    def anchor(v: float) -> str:
+        return "start" if x(v) < 30 else "end" if x(v) > W - 30 else "middle"
+
     parts = [f'<svg class="chart" width="{W}" height="{H + pad}" viewBox="0 0 {W} {H + pad}" role="img">'
              f'<title>{esc(metric)}</title>']
     for i, c in enumerate(h["counts"]):
         x0, x1 = x(h["lo"] + i * bw), x(h["lo"] + (i + 1) * bw)
+        if single:
+            x0, x1 = min(max(x(h["lo"]) - 3, 0), W - 6), min(max(x(h["lo"]) - 3, 0), W - 6) + 6.5
         bh = (H - 14) * c / top
         parts.append(f'<rect x="{x0:.1f}" y="{H - bh:.1f}" width="{max(x1 - x0 - 0.5, 0.8):.1f}" '
                      f'height="{max(bh, 0.0):.1f}" fill="#3a7bd5"/>')
     parts.append(f'<line x1="0" y1="{H}" x2="{W}" y2="{H}" stroke="#444"/>'
-                 f'<text x="{x(h["lo"]):.1f}" y="{H + 13}" text-anchor="{"start" if x(h["lo"]) < 30 else "middle"}">'
-                 f'{h["lo"]:.3g}</text>'
-                 + (f'<text x="{x(h["hi"]):.1f}" y="{H + 13}" text-anchor="{"end" if x(h["hi"]) > W - 30 else "middle"}">'
-                    f'{h["hi"]:.3g}</text>' if h["hi"] - h["lo"] > 1e-6 else ""))
+                 f'<text x="{x(h["lo"]):.1f}" y="{H + 13}" text-anchor="{anchor(h["lo"])}">{h["lo"]:.3g}</text>'
+                 + ("" if single else
+                    f'<text x="{x(h["hi"]):.1f}" y="{H + 13}" text-anchor="{anchor(h["hi"])}">{h["hi"]:.3g}</text>'))
     for i, (name, v) in enumerate(lines):
         parts.append(f'<line class="thr" x1="{x(v):.1f}" y1="0" x2="{x(v):.1f}" y2="{H}" stroke="#d00" '
                      f'stroke-width="2" stroke-dasharray="4 3"/>'
