@@ -152,3 +152,21 @@ def test_cost_refuses_bad_price_and_non_output(out, tmp_path, capsys):
     assert "--price expects gpu=DOLLARS or cpu=DOLLARS" in capsys.readouterr().err
     assert main(["cost", str(tmp_path / "nothing")]) == 2
     assert "not a pairforge output folder" in capsys.readouterr().err
+
+
+def test_verify_checks_stage_times(out, tmp_path):
+    import pyarrow as pa
+
+    from pipeline.verify import verify
+    assert verify(out) == []
+    # a negative time written into one committed file: besides the checksum, the row is named
+    f = sorted((out / "data").glob("*.parquet"))[0]
+    t = pq.read_table(f)
+    times = t.column("stage_times").to_pylist()
+    times[0][0]["wall_s"] = -1.0
+    field = t.schema.field("stage_times")
+    t = t.set_column(t.schema.get_field_index("stage_times"), field, pa.array(times, type=field.type))
+    from pipeline.shards import parquet_bytes
+    f.write_bytes(parquet_bytes(t))
+    problems = verify(out)
+    assert any("stage_times" in p and "wall_s = -1.0" in p for p in problems), problems
