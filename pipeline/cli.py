@@ -54,7 +54,7 @@ def cmd_run(a) -> int:
     out = a.out or cfg.output.path            # a path or a URI (s3://…): never through Path
     from pipeline.runner import JobStopped
     try:
-        summary = run_job(cfg, out, progress=not a.no_progress)
+        summary = run_job(cfg, out, progress=not a.no_progress, quiet_logs=not a.verbose)
     except JobStopped as e:       # a server, the GPU or storage failed for longer than the retries
         print(f"error: {e}", file=sys.stderr)
         return 3
@@ -64,6 +64,9 @@ def cmd_run(a) -> int:
     print(json.dumps(summary))
     if not a.quiet:
         print(format_stats(compute_stats(out)))
+    from pipeline.console import closing_summary
+    sys.stdout.flush()
+    print(closing_summary(summary), file=sys.stderr)
     return 0
 
 
@@ -350,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="pairforge", description="Generate instruction-based image-editing "
                                 "training pairs on Ray (Emu Edit data pipeline).", epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging; for run: Ray's and the actors' output on the terminal too (default: OUT/logs/)")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("run", help="run a generation job (embedded Ray, or the cluster under `ray job submit`)",
@@ -361,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", help="output folder; overrides output.path of the job file")
     r.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config field, e.g. --set source.limit=4 --set llm.url=http://h:8000/v1")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--no-progress", action="store_true", help="no progress display (one per pass: samples, "
+                   "accepted, rejected, shards, LLM server health)")
     r.add_argument("-q", "--quiet", action="store_true", help="do not print statistics at the end")
     r.add_argument("--help-config", action="store_true", help="list every job-file field with its description")
     r.set_defaults(fn=cmd_run)

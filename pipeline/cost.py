@@ -245,7 +245,7 @@ def format_cost(rep: dict) -> str:
 
 
 def format_cluster_plan(plan: dict, title: str = "cluster plan") -> str:
-    L = [f"{title}: {plan['samples']:,} samples → ~{plan['expected_accepted']:,} accepted pairs "
+    L = [f"{title}: {plan['samples']:,} samples (the measured task mix) → ~{plan['expected_accepted']:,} accepted pairs "
          f"(measured acceptance {plan['acceptance']:.1%}) in {plan['hours']:g} h, actors busy "
          f"{plan['utilization']:.0%} of the time",
          f"  {'pool':<16}{'s/sample':>10}{'actor-h':>10}{'actors':>8}{'CPU/actor':>11}{'GPU/actor':>11}{'CPUs':>8}{'GPUs':>8}"]

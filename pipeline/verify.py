@@ -3,7 +3,8 @@
 Checks: manifest present and complete; every committed file exists with its sha256 and row count;
 every file's schema equals the record schema (including the datasets feature metadata); per-task
 counts and statuses match the commit record; ids recompute from (job seed, source id, planned task,
-attempt); each shard's rows have distinct sample indices, all inside the shard; no stray files.
+attempt); each shard's rows have distinct sample indices, all inside the shard; stage times
+(cost accounting) are finite, non-negative and name each stage once; no stray files.
 candidates/ (output.keep_candidates: all) gets the same file checks against CANDIDATE_SCHEMA, and
 each candidate row names a distinct (sample, candidate) of its shard, never the kept one.
 
@@ -25,7 +26,7 @@ import yaml
 from pipeline.schema import CANDIDATE_SCHEMA, RECORD_SCHEMA, sample_id
 from pipeline.shards import Manifest, as_store, commit_name, sha256_file, shard_name
 
-COLUMNS = ["id", "source_id", "task", "attempt", "status", "sample_index", "provenance.planned_task"]
+COLUMNS = ["id", "source_id", "task", "attempt", "status", "sample_index", "provenance.planned_task", "stage_times"]
 
 
 def _as_read_back(schema):
@@ -145,6 +146,19 @@ def _shard_of(name: str) -> int | None:
     return None
 
 
+def _stage_times_problem(times: list[dict]) -> str | None:
+    import math
+    names = [e["stage"] for e in times]
+    if len(set(names)) != len(names):
+        return f"a stage listed twice ({names})"
+    for e in times:
+        for k in ("wall_s", "cpu_s", "gpu_s"):
+            v = e[k]
+            if v is None or not math.isfinite(v) or v < 0:
+                return f"{e['stage']}.{k} = {v} (must be a finite number ≥ 0)"
+    return None
+
+
 def _check_file(store, f: dict, sub: str, seed, expected_schema, tasks: Counter, indices: Counter) -> list[str]:
     """One committed file: existence, sha256 (streamed), footer schema and row count, then the
     small columns a record batch at a time. Counts rows per task and sample index into the args."""
@@ -162,7 +176,7 @@ def _check_file(store, f: dict, sub: str, seed, expected_schema, tasks: Counter,
                 problems.append(f"{path}: schema differs from the record schema")
             if pf.metadata.num_rows != f["rows"]:
                 problems.append(f"{path}: {pf.metadata.num_rows} rows, manifest says {f['rows']}")
-            bad_status, bad_id = [], []           # (count, first example): one line per file, not per row
+            bad_status, bad_id, bad_time = [], [], []   # (count, first example): one line per file, not per row
             for batch in pf.iter_batches(batch_size=1024, columns=COLUMNS):
                 for r in batch.to_pylist():
                     planned = (r["provenance"] or {}).get("planned_task") or r["task"]   # reassigned samples
@@ -172,7 +186,10 @@ def _check_file(store, f: dict, sub: str, seed, expected_schema, tasks: Counter,
                         bad_status.append(f"row {r['id']} has status {r['status']!r}")
                     if seed is not None and sample_id(seed, r["source_id"], planned, r["attempt"]) != r["id"]:
                         bad_id.append(f"id {r['id']} does not match its (seed, source, task, attempt)")
-            for bad in (bad_status, bad_id):
+                    why = _stage_times_problem(r.get("stage_times") or [])
+                    if why:
+                        bad_time.append(f"row {r['id']} stage_times: {why}")
+            for bad in (bad_status, bad_id, bad_time):
                 if bad:
                     problems.append(f"{path}: {bad[0]}" + (f" (and {len(bad) - 1} more rows)" if len(bad) > 1 else ""))
     except Exception as ex:  # corrupt parquet of any kind is a finding, not a crash

@@ -152,3 +152,43 @@ def test_cost_refuses_bad_price_and_non_output(out, tmp_path, capsys):
     assert "--price expects gpu=DOLLARS or cpu=DOLLARS" in capsys.readouterr().err
     assert main(["cost", str(tmp_path / "nothing")]) == 2
     assert "not a pairforge output folder" in capsys.readouterr().err
+
+
+def test_verify_checks_stage_times(out, tmp_path):
+    import pyarrow as pa
+
+    from pipeline.verify import verify
+    assert verify(out) == []
+    # a negative time written into one committed file: besides the checksum, the row is named
+    f = sorted((out / "data").glob("*.parquet"))[0]
+    t = pq.read_table(f)
+    times = t.column("stage_times").to_pylist()
+    times[0][0]["wall_s"] = -1.0
+    field = t.schema.field("stage_times")
+    t = t.set_column(t.schema.get_field_index("stage_times"), field, pa.array(times, type=field.type))
+    from pipeline.shards import parquet_bytes
+    f.write_bytes(parquet_bytes(t))
+    problems = verify(out)
+    assert any("stage_times" in p and "wall_s = -1.0" in p for p in problems), problems
+
+
+def test_plan_measured_uses_the_same_model_with_the_job_files_pools(out, capsys):
+    """`pairforge plan JOB --measured OUT`: speed from the measured rows, what an actor holds from
+    the job file (here one GPU per edit actor, where the measured rows held one too, and 4 GPUs per
+    LLM server where they held one)."""
+    import math
+
+    from pipeline import cost as C
+    rc, text = _cli(capsys, "plan", "deploy/profiles/local.yaml", "--measured", str(out), "--target", "500000",
+                    "--hours", "24", "--set", "stages.diffusion_edit={num_gpus: 1}",
+                    "--set", "stages.llm_server={num_gpus: 4, num_cpus: 8}", "--json")
+    assert rc == 0
+    plan = {p["stage"]: p for p in json.loads(text)["measured_plan"]["pools"]}
+    same = C.cluster_plan(C.measure(out), target=500000, hours=24)     # what `pairforge cost` would say
+    for stage, p in plan.items():
+        ref = next(q for q in same["pools"] if q["stage"] == stage)
+        assert p["actors"] == ref["actors"]                                  # same speed, same count
+    assert plan["diffusion_edit"]["gpus"] == plan["diffusion_edit"]["actors"] * 1
+    assert plan["llm_server"]["gpus"] == plan["llm_server"]["actors"] * 4
+    assert plan["filter"]["gpus"] == 0                                        # local.yaml: CPU filter
+    assert plan["llm_server"]["actors"] == math.ceil(plan["llm_server"]["actor_hours"] / (24 * 0.8) - 1e-9)
