@@ -43,5 +43,17 @@ else
   echo "[setup] skipping font packages (needs apt-get and root): the text task uses the fonts already there"
 fi
 
+# Chromium for the HTML report's browser test (tests/test_report_browser.py, driven by Playwright from
+# the test extra with executable_path=/usr/bin/chromium): Debian's package, not `playwright install`.
+if command -v chromium >/dev/null 2>&1; then
+  echo "[setup] chromium present"
+elif command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "[setup] installing chromium (the report's browser test)"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \
+    >/dev/null 2>&1 || echo "[setup] chromium install failed; tests/test_report_browser.py will be skipped"
+else
+  echo "[setup] skipping chromium (needs apt-get and root): tests/test_report_browser.py will be skipped"
+fi
+
 bash deploy/setup_llm_env.sh
 echo "[setup] done: .venv/bin/pairforge --help"

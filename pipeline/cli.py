@@ -12,6 +12,9 @@ EPILOG = """examples:
   ray job submit --working-dir . -- pairforge run JOB.yaml    # the same job on a Ray cluster
   pairforge stats out/demo [--json]                           # what the job produced
   pairforge verify out/demo                                   # schema, counts, checksums
+  pairforge stats out/demo --html report.html                 # funnel, score histograms, pairs, candidates
+  pairforge export-preference out/demo pref.parquet           # DPO pairs (needs output.keep_candidates: all)
+  pairforge cost out/demo --target 1000000 --hours 48         # GPU/CPU-hours, $ per 1M pairs, cluster plan
   pairforge bench deploy/profiles/local.yaml                  # per-stage throughput, efficiency, memory
   pairforge bench --scale 10000 100000 1000000 --json         # how driver memory, throughput and commits scale
   pairforge agents-report -n 200                              # instruction validity and diversity
@@ -51,7 +54,7 @@ def cmd_run(a) -> int:
     out = a.out or cfg.output.path            # a path or a URI (s3://…): never through Path
     from pipeline.runner import JobStopped
     try:
-        summary = run_job(cfg, out, progress=not a.no_progress)
+        summary = run_job(cfg, out, progress=not a.no_progress, quiet_logs=not a.verbose)
     except JobStopped as e:       # a server, the GPU or storage failed for longer than the retries
         print(f"error: {e}", file=sys.stderr)
         return 3
@@ -61,6 +64,9 @@ def cmd_run(a) -> int:
     print(json.dumps(summary))
     if not a.quiet:
         print(format_stats(compute_stats(out)))
+    from pipeline.console import closing_summary
+    sys.stdout.flush()
+    print(closing_summary(summary), file=sys.stderr)
     return 0
 
 
@@ -98,10 +104,29 @@ def cmd_plan(a) -> int:
     except Exception as e:        # unreadable launcher YAML, unreachable cluster: say which, exit 2
         print(f"error: {a.cluster or address}: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
+    measured = None
+    if a.measured:
+        from pipeline import cost as C
+        try:
+            meas = C.measure(a.measured)
+            # the job file's pools say what an actor holds; the measured output how long a sample takes
+            held = {p.stage: (p.num_cpus, p.num_gpus) for p in pools}
+            held[C.SERVER] = (cfg.stages.llm_server.num_cpus, cfg.stages.llm_server.num_gpus)
+            measured = C.cluster_plan(meas, samples=None if a.target else n_samples, target=a.target,
+                                      hours=a.hours, utilization=a.utilization, held=held)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: --measured {a.measured}: {e}", file=sys.stderr)
+            return 2
     if a.json:
-        print(json.dumps(R.plan_json(cfg, n_samples, n_shards, pools, problems, against), indent=1))
+        out = R.plan_json(cfg, n_samples, n_shards, pools, problems, against)
+        if measured:
+            out["measured_plan"] = measured
+        print(json.dumps(out, indent=1))
     else:
         print(R.format_plan(cfg, n_samples, n_shards, pools, problems, against))
+        if measured:
+            from pipeline.cost import format_cluster_plan
+            print("\n" + format_cluster_plan(measured, f"pools this job needs at the speed measured in {a.measured}"))
     return 1 if problems else 0
 
 
@@ -116,6 +141,52 @@ def cmd_stats(a) -> int:
     if a.html:
         from pipeline.report_html import write_html
         print(f"HTML report: {write_html(a.out, a.html)}", file=sys.stderr)
+    return 0
+
+
+def cmd_export_preference(a) -> int:
+    from pipeline.preference import export_preference
+    try:
+        c = export_preference(a.out, a.dest, score=a.score, pairs=a.pairs, min_margin=a.min_margin,
+                              row_group=a.row_group)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(c, indent=1))
+    if not c["pairs"]:
+        print(f"error: no preference pairs in {a.out}, {a.dest} not written: were the job's candidates "
+              "kept (output.keep_candidates: all) and did a multi-candidate task accept samples?", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_cost(a) -> int:
+    from pipeline import cost as C
+    try:
+        prices = C.parse_prices(a.price)
+        meas = C.measure(a.out)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rep = C.cost_report(meas, prices)
+    rep["run_limiter"] = C.run_limiter(meas, C.run_pools(a.out))
+    if a.target or a.hours:
+        try:
+            rep["cluster_plan"] = C.cluster_plan(meas, target=a.target or 1_000_000, hours=a.hours or 48,
+                                                 utilization=a.utilization)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    if a.json:
+        print(json.dumps(rep, indent=1))
+        return 0
+    print(C.format_cost(rep))
+    lim = rep["run_limiter"]
+    if lim:
+        print(f"\nthis run's throughput limiter: {lim['stage']} (busy {lim['busy_s_per_actor']:.1f} s per actor, "
+              f"{lim['actors']} actor(s); the busiest pool bounds the chain)")
+    if "cluster_plan" in rep:
+        print("\n" + C.format_cluster_plan(rep["cluster_plan"], f"cluster plan for {a.target or 1_000_000:,} accepted pairs"))
     return 0
 
 
@@ -282,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="pairforge", description="Generate instruction-based image-editing "
                                 "training pairs on Ray (Emu Edit data pipeline).", epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging; for run: Ray's and the actors' output on the terminal too (default: OUT/logs/)")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("run", help="run a generation job (embedded Ray, or the cluster under `ray job submit`)",
@@ -293,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", help="output folder; overrides output.path of the job file")
     r.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config field, e.g. --set source.limit=4 --set llm.url=http://h:8000/v1")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--no-progress", action="store_true", help="no progress display (one per pass: samples, "
+                   "accepted, rejected, shards, LLM server health)")
     r.add_argument("-q", "--quiet", action="store_true", help="do not print statistics at the end")
     r.add_argument("--help-config", action="store_true", help="list every job-file field with its description")
     r.set_defaults(fn=cmd_run)
@@ -322,14 +394,76 @@ def main(argv: list[str] | None = None) -> int:
     pl.add_argument("--address", help="check against a running cluster's alive nodes: http://HEAD:8265 "
                     "or HOST:6379 (default: RAY_ADDRESS, then ray.address of the job)")
     pl.add_argument("--json", action="store_true", help="one JSON object: samples, shards, pools, "
-                    "requirements, against, fits, problems")
+                    "requirements, against, fits, problems (and measured_plan)")
+    pl.add_argument("--measured", metavar="OUT", help="an output of a measured run (e.g. a few hundred samples "
+                    "of this job on the target hardware): also size every pool from its stage times for "
+                    "this job's samples (or --target) in --hours; the same model as `pairforge cost`")
+    pl.add_argument("--target", type=int, metavar="PAIRS", help="with --measured: accepted pairs to plan for "
+                    "instead of the job's sample count")
+    pl.add_argument("--hours", type=float, default=48, help="with --measured: wall-clock hours (default 48)")
+    pl.add_argument("--utilization", type=float, default=0.8, help="with --measured: fraction of the time "
+                    "actors are busy (default 0.8)")
     pl.set_defaults(fn=cmd_plan)
 
     s = sub.add_parser("stats", help="per-task counts, acceptance, reject reasons, scores and parameters")
     s.add_argument("out", help="output folder of a job")
     s.add_argument("--json", action="store_true", help="machine-readable output")
-    s.add_argument("--html", metavar="FILE", help="also write an HTML page with thumbnails of accepted and rejected pairs")
+    s.add_argument("--html", metavar="FILE", help="also write one self-contained HTML page: the funnel per task, "
+                   "score histograms with their thresholds, a sample of pairs with masks, candidate strips, and "
+                   "reject reasons linked to examples (reads a fixed-size sample, never the whole job)")
     s.set_defaults(fn=cmd_stats)
+
+    ep = sub.add_parser(
+        "export-preference", help="DPO-ready Parquet: input image, instruction, chosen and rejected output, scores, margin",
+        description="Pairs the kept candidate of every accepted sample with the candidates the job did not keep "
+        "(OUT/candidates/, written when output.keep_candidates is all). The judge score decides when the "
+        "candidates have one, else the job's filters.select_by (a candidate that passed the filters beats one "
+        "that did not). Streams shard by shard; OUT and DEST may be object-store URIs. "
+        "Opens with datasets.load_dataset('parquet', data_files=DEST).")
+    ep.add_argument("out", help="output folder of a job")
+    ep.add_argument("dest", help="Parquet file to write (path or URI)")
+    ep.add_argument("--score", default="auto", help="auto (judge when present, else the filter's select_by), "
+                    "judge, or a filter score: clip_dir, clip_img, clip_out, dino, depth_l1, l1")
+    ep.add_argument("--pairs", choices=["all", "worst"], default="all",
+                    help="all: the best candidate against each one ranked below it; worst: only the lowest-ranked")
+    ep.add_argument("--min-margin", type=float, default=0.0,
+                    help="leave out pairs whose score margin is not above this (unless only the chosen one "
+                    "passed the filters)")
+    ep.add_argument("--row-group", type=int, default=64, help="rows per Parquet row group (memory bound)")
+    ep.set_defaults(fn=cmd_export_preference)
+
+    c = sub.add_parser(
+        "cost", help="GPU-hours, CPU-hours and money per 1M accepted pairs per task, the bottleneck stage; "
+        "with --target/--hours a cluster plan",
+        description="Cost of a finished output from the stage times every row carries (stage_times: per\n"
+        "stage the row reached, its share of the batch's wall time and the CPU/GPU seconds that share held,\n"
+        "i.e. the pool's declared num_cpus/num_gpus × wall). Rejected rows count: they used the stages\n"
+        "before the one that dropped them.\n\n"
+        "The vLLM server's share (llm_server) is the instruct stage's wall share / instruct actors (the\n"
+        "actors share the server's batches) times stages.llm_server.num_cpus/num_gpus: exact for a busy\n"
+        "server; an idle server's time is in no row.\n\n"
+        "bottleneck: the stage with the most money per accepted pair (GPU and CPU seconds at --price):\n"
+        "where the hardware is bought, so where a faster model or a better acceptance upstream pays most.\n"
+        "throughput limiter of the run: the pool with the most busy seconds per actor; it bounded this\n"
+        "run's speed (the cluster plan sizes every pool to the same throughput).\n\n"
+        "cluster plan: per stage, actors = measured wall-seconds per sample × samples needed for --target\n"
+        "accepted pairs (at the measured acceptance and task mix) / (--hours × 3600 × --utilization).\n"
+        "It assumes the measured per-actor speed: measure on the hardware you plan for.\n"
+        "Not counted: model loading, planner, writers, compaction (see `pairforge bench`).",
+        epilog="examples:\n  pairforge cost out/demo\n  pairforge cost out/demo --price gpu=2.5 --price cpu=0.04\n"
+        "  pairforge cost out/demo --target 1000000 --hours 48\n"
+        "  pairforge plan deploy/profiles/paper.yaml --measured out/pilot --hours 48",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("out", help="output folder of a job")
+    c.add_argument("--price", action="append", metavar="gpu=$|cpu=$",
+                   help="dollars per GPU-hour / CPU-hour (default gpu=2.5, cpu=0.04)")
+    c.add_argument("--target", type=int, metavar="PAIRS", help="print a cluster plan for this many accepted pairs "
+                   "(default 1000000 when --hours is given)")
+    c.add_argument("--hours", type=float, help="wall-clock hours for the cluster plan (default 48 when --target is given)")
+    c.add_argument("--utilization", type=float, default=0.8, help="fraction of the time actors are busy in the "
+                   "plan (default 0.8)")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
+    c.set_defaults(fn=cmd_cost)
 
     v = sub.add_parser("verify", help="check schema, counts and checksums; exit 1 on any problem")
     v.add_argument("out", help="output folder of a job")

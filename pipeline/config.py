@@ -142,6 +142,10 @@ class StagesConfig(_Strict):
     translate: StageResources = Field(default_factory=lambda: StageResources(actors=1, num_cpus=0.5, batch_size=8),
                                       description="Translation stage (depth, pose and segmentation annotators; Canny, normals; "
                                       "give it num_gpus on a cluster).")
+    llm_server: StageResources = Field(default_factory=lambda: StageResources(actors=1, num_cpus=1, batch_size=1),
+                                       description="What one vLLM server holds (num_cpus, num_gpus; actors = servers), for "
+                                       "cost accounting and the cluster plan (`pairforge cost`). Not a Ray pool: the "
+                                       "server runs beside the actors; batch_size is unused.")
 
     def for_stage(self, key: str) -> StageResources:
         """The pool settings of a stage's ``resources_key``. The split diffusion blocks take what they
@@ -161,6 +165,12 @@ class OutputConfig(_Strict):
                                 "A multiple of source.repeats, so all samples of a source row share a shard (the "
                                 "duplicate-instruction check runs per shard); left out, the multiple nearest to 64.")
     write_rejects: bool = Field(True, description="Write rejected samples to rejects/ with their reason.")
+    keep_candidates: Literal["best", "all"] = Field("best", description=(
+        "best: only the kept candidate's images are stored (every candidate's scores still are, in "
+        "provenance.candidates); all: the images of the other candidates of multi-candidate tasks (the "
+        "diffusion tasks) go to candidates/, a shard set committed like data/ and rejects/ — the input of "
+        "`pairforge export-preference` and of the report's candidate strips. About `diffusion.candidates`−1 "
+        "more output images per sample."))
     image_format: Literal["png"] = Field("png", description="Encoding of stored images.")
     max_side: int = Field(512, ge=32, le=4096, description="Input images are resized so the longer side is at most this.")
     max_source_pixels: int = Field(8192 * 8192, ge=1_000_000, le=178_956_970, description=(

@@ -26,6 +26,7 @@ from pathlib import Path
 from pipeline import __version__
 from pipeline.config import REPO_ROOT, JobConfig, JobError
 from pipeline import faults
+from pipeline.console import Console
 from pipeline.faults import retry_call
 from pipeline.plan import job_index, n_samples, n_shards, plan_shard, shard_range
 from pipeline.shards import TMP, Manifest, as_store, compact_shard
@@ -218,9 +219,11 @@ def _local_dir(store: Store, name: str, cfg: JobConfig) -> Path:
 
 
 def run_job(cfg: JobConfig, out, *, progress: bool = True, chain: tuple | None = None,
-            _stats: dict | None = None) -> dict:
+            _stats: dict | None = None, quiet_logs: bool = True) -> dict:
     """``chain``: other stages than the job's (Python callers only: the scale benchmark's stand-ins;
-    no job file can choose it). ``_stats``: filled with the driver's commit times per shard."""
+    no job file can choose it). ``_stats``: filled with the driver's commit times per shard.
+    ``quiet_logs``: Ray's and the actors' output to OUT/logs/ instead of the terminal
+    (pipeline/console.py); the summary names the files."""
     from pipeline.storage import check_apart    # before anything is written: output and source apart
     check_apart(cfg.source.path if cfg.source.kind != "demo" else None, out)
     store = as_store(out)
@@ -255,49 +258,55 @@ def run_job(cfg: JobConfig, out, *, progress: bool = True, chain: tuple | None =
         return summary
     t0 = time.time()
     tasks = set(cfg.tasks) | index.source_tasks
-    committer = Committer(store, manifest, expected, cfg.output.write_rejects)
+    keep_candidates = cfg.output.keep_candidates == "all"
+    committer = Committer(store, manifest, expected, cfg.output.write_rejects, keep_candidates)
     # 3. Ray, and the pools checked against it before anything is started; 4. LLM server,
     # 5. calibration, 6. the chain into shards
-    init_ray(cfg, tasks)
-    _check_fits(cfg, tasks)
-    display, watch = _Display(), None
-    try:
-        with llm_service(cfg, _local_dir(store, "logs", cfg), on_change=display.llm) as (url, watch):
-            if url:
-                cfg.llm.url = url
-            _quiet_ray_data()
-            calibrated = calibrate(cfg, store, index, pending, tasks, progress)
-            display.bar = bar = _bar(summary["samples_run"], progress)
-            if watch is not None:
-                display.llm(watch.state)
-            # writers are Ray tasks (as many as there is room for); one killed mid-write is retried
-            writer = dict(fn_kwargs=dict(out=store.url(), job_name=cfg.name, config_hash=cfg.config_hash(),
-                                         code_version=code_version(), rows_per_shard=cfg.output.rows_per_shard),
-                          batch_format="pyarrow", batch_size=None, num_cpus=0.25, max_retries=10)
-            import ray
-            passes = []
-            if calibrated:          # samples the calibration pass made: judge them only
-                ds = ray.data.read_parquet(store.path(CALIBRATION_DIR), filesystem=store.fs, schema=None)
-                passes.append(add_stages(ds, cfg, tasks, chain=(FilterStage,)).map_batches(write_parts, **writer))
-            ds = ray.data.from_items([{"shard": k} for k in pending])
-            ds = ds.map_batches(PlanShards, fn_constructor_kwargs=dict(cfg=cfg.model_dump(mode="json"), index=index,
-                                                                       skip=sorted(calibrated), block=_block(cfg)),
-                                batch_size=max(1, _block(cfg) // cfg.output.rows_per_shard), batch_format="pyarrow",
-                                num_cpus=0.25)
-            passes.append(add_stages(ds, cfg, tasks, chain).map_batches(write_parts, **writer))
-            for ds in passes:
-                for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-                    for part in batch.to_pylist():
-                        committer.add(part)
-                        bar.update(part["rows"])
-                    committer.harvest()
-                    display.update(accepted=committer.accepted, rejected=committer.rejected,
-                                   shards=f"{len(done) + len(committer.committed_now)}/{n_sh}")
-            committer.finish()
-            bar.close()
-    except Exception as e:
-        _stop_on_world_failure(e, committer, n_sh - len(done), watch)
-        raise
+    log_dir = _local_dir(store, "logs", cfg)
+    # Ray's and vLLM's own lines to OUT/logs/, one progress display per pass on the terminal
+    with Console(log_dir, enabled=quiet_logs) as console:
+        init_ray(cfg, tasks)
+        console.hook_ray()
+        _check_fits(cfg, tasks)
+        display, watch = _Display(), None
+        try:
+            with llm_service(cfg, log_dir, on_change=display.llm) as (url, watch):
+                if url:
+                    cfg.llm.url = url
+                _quiet_ray_data()
+                calibrated = calibrate(cfg, store, index, pending, tasks, progress, display, console.stream)
+                # the pass that makes the shards: one display, whatever datasets it runs
+                display.bar = bar = _bar(summary["samples_run"], progress, "generate", console.stream)
+                display.update(accepted=0, rejected=0, shards=f"{len(done)}/{n_sh}")
+                # writers are Ray tasks (as many as there is room for); one killed mid-write is retried
+                writer = dict(fn_kwargs=dict(out=store.url(), job_name=cfg.name, config_hash=cfg.config_hash(),
+                                             code_version=code_version(), rows_per_shard=cfg.output.rows_per_shard,
+                                             keep_candidates=keep_candidates),
+                              batch_format="pyarrow", batch_size=None, num_cpus=0.25, max_retries=10)
+                import ray
+                passes = []
+                if calibrated:          # samples the calibration pass made: judge them only
+                    ds = ray.data.read_parquet(store.path(CALIBRATION_DIR), filesystem=store.fs, schema=None)
+                    passes.append(add_stages(ds, cfg, tasks, chain=(FilterStage,)).map_batches(write_parts, **writer))
+                ds = ray.data.from_items([{"shard": k} for k in pending])
+                ds = ds.map_batches(PlanShards, fn_constructor_kwargs=dict(cfg=cfg.model_dump(mode="json"), index=index,
+                                                                           skip=sorted(calibrated), block=_block(cfg)),
+                                    batch_size=max(1, _block(cfg) // cfg.output.rows_per_shard), batch_format="pyarrow",
+                                    num_cpus=0.25)
+                passes.append(add_stages(ds, cfg, tasks, chain).map_batches(write_parts, **writer))
+                for ds in passes:
+                    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                        for part in batch.to_pylist():
+                            committer.add(part)
+                            bar.update(part["rows"])
+                        committer.harvest()
+                        display.update(accepted=committer.accepted, rejected=committer.rejected,
+                                       shards=f"{len(done) + len(committer.committed_now)}/{n_sh}")
+                committer.finish()
+                bar.close()
+        except Exception as e:
+            _stop_on_world_failure(e, committer, n_sh - len(done), watch)
+            raise
     committed_now = set(committer.committed_now)
     missing = {k: v - committer.arrived[k] for k, v in expected.items() if k not in committed_now}
     if missing:
@@ -306,7 +315,10 @@ def run_job(cfg: JobConfig, out, *, progress: bool = True, chain: tuple | None =
     if manifest.complete:
         from pipeline.shards import totals_of
         manifest.mark_complete(totals_of(manifest))
-    summary.update(seconds=round(time.time() - t0, 2), shards_written=len(committer.committed_now))
+    summary.update(seconds=round(time.time() - t0, 2), shards_written=len(committer.committed_now),
+                   accepted=committer.accepted, rejected=committer.rejected, output=store.url(),
+                   logs=str(log_dir), log_files=console.paths, worker_log_lines=console.worker_lines,
+                   worker_warnings=console.worker_warnings)
     if _stats is not None:
         _stats["commit_ms"] = committer.commit_ms
     return summary
@@ -345,7 +357,7 @@ class _Display:
 
     def update(self, **kw) -> None:
         self.post.update(kw)
-        if self.bar is not None:
+        if self.bar is not None and not self.bar.disable:
             self.bar.set_postfix(self.post, refresh=True)
 
     def llm(self, state: str) -> None:
@@ -369,8 +381,10 @@ class Committer:
 
     MAX_IN_FLIGHT = 64
 
-    def __init__(self, store: Store, manifest: Manifest, expected: dict[int, int], write_rejects: bool):
+    def __init__(self, store: Store, manifest: Manifest, expected: dict[int, int], write_rejects: bool,
+                 keep_candidates: bool = False):
         self.store, self.manifest, self.expected, self.write_rejects = store, manifest, expected, write_rejects
+        self.keep_candidates = keep_candidates
         self.arrived: Counter = Counter()
         self.parts: dict[int, list[str]] = {}
         self.running: dict = {}                 # compaction future → shard
@@ -387,7 +401,8 @@ class Committer:
         if self.arrived[k] > self.expected[k]:
             raise RuntimeError(f"shard {k} received {self.arrived[k]} rows, {self.expected[k]} expected")
         if self.arrived[k] == self.expected[k]:
-            fut = _compact.remote(self.store.url(), k, self.parts.pop(k), self.expected[k], self.write_rejects)
+            fut = _compact.remote(self.store.url(), k, self.parts.pop(k), self.expected[k], self.write_rejects,
+                                  self.keep_candidates)
             self.running[fut] = k
             if len(self.running) >= self.MAX_IN_FLIGHT:
                 self.harvest(wait=1)
@@ -413,8 +428,10 @@ class Committer:
             self.harvest(wait=1)
 
 
-def _compact_fn(out: str, k: int, parts: list[str], expected: int, write_rejects: bool) -> dict:
-    return retry_call(lambda: compact_shard(Store(out), k, parts, expected, write_rejects), f"compacting shard {k} in {out}")
+def _compact_fn(out: str, k: int, parts: list[str], expected: int, write_rejects: bool,
+                keep_candidates: bool = False) -> dict:
+    return retry_call(lambda: compact_shard(Store(out), k, parts, expected, write_rejects, keep_candidates),
+                      f"compacting shard {k} in {out}")
 
 
 class _LazyRemote:
@@ -433,7 +450,8 @@ class _LazyRemote:
 _compact = _LazyRemote(_compact_fn, num_cpus=0.25, max_retries=10)
 
 
-def calibrate(cfg: JobConfig, store: Store, index, pending: list[int], tasks: set[str], progress: bool = True) -> set[int]:
+def calibrate(cfg: JobConfig, store: Store, index, pending: list[int], tasks: set[str], progress: bool = True,
+              display: "_Display | None" = None, stream=None) -> set[int]:
     """Quantile rules (``keep_top``) need thresholds: run the chain with the filters in score-only
     mode over the first ``filters.calibration_samples`` samples of each task, take the quantile of
     all their candidates' scores, save them to OUT/calibration.json and into ``cfg.filters.calibrated``.
@@ -470,7 +488,10 @@ def calibrate(cfg: JobConfig, store: Store, index, pending: list[int], tasks: se
     t0 = time.time()
     scores: dict[str, dict[str, list[float]]] = {}
     log.info("calibrating quantile filter thresholds on the first %d samples (score-only pass)", len(sample))
-    bar = _bar(len(sample), progress, desc="calibration")
+    bar = _bar(len(sample), progress, "calibrate", stream)
+    if display is not None:             # the LLM server's health on this pass's display too
+        display.bar = bar
+        display.update()
     store.delete_dir(CALIBRATION_DIR)
     ds = build_dataset(cal, sample).map_batches(save_calibration, fn_kwargs={"out": store.url()},
                                                 batch_format="pyarrow", batch_size=None, num_cpus=0.25, max_retries=10)
@@ -498,6 +519,7 @@ def calibrate(cfg: JobConfig, store: Store, index, pending: list[int], tasks: se
     return {r["sample_index"] for r in sample}
 
 
-def _bar(total: int, enabled: bool, desc: str = "samples"):
+def _bar(total: int, enabled: bool, desc: str = "samples", stream=None):
     from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit="sample", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit="sample", disable=not enabled, file=stream or sys.stderr,
+                dynamic_ncols=True)

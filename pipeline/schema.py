@@ -46,6 +46,11 @@ FEATURES = Features({
     "params": Value("string"),          # JSON: every sampled generation parameter
     "scores": {k: Value("float64") for k in SCORE_FIELDS},
     "status": Value("string"),          # accepted | rejected
+    # cost accounting: per stage the row reached, in chain order, its share of the batch's wall time
+    # and the CPU/GPU seconds that share held (stage's declared num_cpus/num_gpus × wall); also
+    # "llm_server" for the row's share of a vLLM server (pipeline/cost.py says how it is attributed)
+    "stage_times": List({"stage": Value("string"), "wall_s": Value("float64"), "cpu_s": Value("float64"),
+                         "gpu_s": Value("float64")}),
     "reject_reason": Value("string"),
     "reject_stage": Value("string"),
     "reject_detail": Value("string"),
@@ -76,6 +81,28 @@ FEATURES = Features({
 })
 RECORD_SCHEMA: pa.Schema = FEATURES.arrow_schema
 IMAGE_COLUMNS = ("input_image", "output_image", "mask")
+
+# candidates/ (``output.keep_candidates: all``): one row per candidate that was NOT kept, of every
+# sample whose generator made several. The kept one is the sample's row in data/ or rejects/
+# (``candidate`` numbers match provenance.candidates' list and its ``selected``).
+CANDIDATE_FEATURES = Features({
+    "id": Value("string"),              # the sample's id
+    "sample_index": Value("int64"),
+    "task": Value("string"),
+    "candidate": Value("int32"),        # position in provenance.candidates["candidates"]
+    "selected": Value("int32"),         # the position that was kept (the same for all of a sample)
+    "passed": Value("bool"),            # passed every filter (was a candidate for keeping)
+    "reason": Value("string"),          # the first failing filter's reason, else null
+    # null when it equals the kept candidate's input (the usual case: one base image, several
+    # edits), so a sample's input is stored once
+    "input_image": Image(),
+    "output_image": Image(),
+    "mask": Image(),
+    "mask_variant": Value("string"),
+    "params": Value("string"),          # JSON
+    "scores": {k: Value("float64") for k in SCORE_FIELDS},
+})
+CANDIDATE_SCHEMA: pa.Schema = CANDIDATE_FEATURES.arrow_schema
 
 FLOW_SCHEMA = pa.schema([
     ("sample_index", pa.int64()),
@@ -112,6 +139,7 @@ FLOW_SCHEMA = pa.schema([
     ("final_task", pa.string()),       # set by the filter stage when the task predictor reassigns
     ("models", pa.string()),           # JSON role -> model reference, merged by every stage that made
                                        # or judged the row (pipeline/models/provenance.py)
+    ("stage_times", pa.string()),      # JSON stage -> [wall_s, cpu_s, gpu_s] (add_stage_time)
 ])
 
 
@@ -141,6 +169,20 @@ def reject(row: dict, stage: str, reason: str, detail: str = "") -> dict:
         row["reject_reason"] = reason
         row["reject_detail"] = (detail or "")[:500] or None
     return row
+
+
+def add_stage_time(row: dict, stage: str, wall_s: float, cpu_s: float, gpu_s: float) -> None:
+    """Add a stage's time to a flow row (summed when a row passes a stage twice, as calibration
+    samples do the filter: both passes used it)."""
+    t = json.loads(row.get("stage_times") or "{}")
+    w, c, g = t.get(stage, (0.0, 0.0, 0.0))
+    t[stage] = [w + wall_s, c + cpu_s, g + gpu_s]
+    row["stage_times"] = json.dumps(t)
+
+
+def stage_times_record(row: dict) -> list[dict]:
+    t = json.loads(row.get("stage_times") or "{}")
+    return [{"stage": k, "wall_s": v[0], "cpu_s": v[1], "gpu_s": v[2]} for k, v in t.items()]
 
 
 def flow_table(rows: list[dict]) -> pa.Table:
@@ -186,6 +228,7 @@ def to_record(row: dict, *, job_name: str, config_hash: str, code_version: str) 
         "params": row["params"],
         "scores": {k: scores.get(k) for k in SCORE_FIELDS},
         "status": "accepted" if accepted else "rejected",
+        "stage_times": stage_times_record(row),
         "reject_reason": None if accepted else row["reject_reason"],
         "reject_stage": None if accepted else row["reject_stage"],
         "reject_detail": None if accepted else row["reject_detail"],
@@ -212,6 +255,40 @@ def to_record(row: dict, *, job_name: str, config_hash: str, code_version: str) 
             "planned_task": row["task"],
         },
     }
+
+
+def to_candidate_records(row: dict) -> list[dict]:
+    """Flow row → its not-kept candidates as candidates/ records ([] for a one-candidate sample or
+    one that never reached the filter stage). Scores come from the filter's report, so a stored
+    candidate carries what decided against it."""
+    cands = row.get("candidates") or []
+    if len(cands) < 2 or not row.get("candidates_report"):
+        return []
+    rep = json.loads(row["candidates_report"])
+    sel, judged = int(rep["selected"]), rep["candidates"]
+    if len(judged) != len(cands):
+        raise ValueError(f"sample {row['id']}: {len(cands)} candidates, {len(judged)} in the filter's report")
+    sid, task = row["id"], row.get("final_task") or row["task"]
+    kept_input = cands[sel]["input_png"]
+    out = []
+    for i, (c, j) in enumerate(zip(cands, judged)):
+        if i == sel:
+            continue
+        scores = j.get("scores") or {}
+        out.append({
+            "id": sid, "sample_index": row["sample_index"], "task": task, "candidate": i, "selected": sel,
+            "passed": bool(j.get("keep")), "reason": j.get("reason"),
+            "input_image": None if c["input_png"] == kept_input else _img(c["input_png"], f"{sid}_c{i}_input.png"),
+            "output_image": _img(c["output_png"], f"{sid}_c{i}_output.png"),
+            "mask": _img(c["mask_png"], f"{sid}_c{i}_mask.png"),
+            "mask_variant": c["mask_variant"], "params": c["params"],
+            "scores": {k: scores.get(k) for k in SCORE_FIELDS},
+        })
+    return out
+
+
+def candidate_table(records: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(records, schema=CANDIDATE_SCHEMA)
 
 
 def record_table(records: list[dict]) -> pa.Table:

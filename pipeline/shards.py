@@ -7,6 +7,8 @@ Layout of an output folder (a local path or an object-store URI; see pipeline/st
   _commits/shard-00000.json      shard 0's commit record: rows, per-task counts, file sha256s
   data/part-00000.parquet        accepted rows of shard 0, sorted by sample index
   rejects/part-00000.parquet     rejected rows of shard 0 (with reasons), when enabled
+  candidates/part-00000.parquet  the candidates that were not kept, of shard 0's samples, when
+                                 output.keep_candidates is all (CANDIDATE_SCHEMA)
   .tmp/shard-00000/*.parquet     part files the writers made for shards not yet compacted
   job.resolved.yaml, calibration.json, logs/
 
@@ -33,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import JobError
-from pipeline.schema import RECORD_SCHEMA, record_table
+from pipeline.schema import CANDIDATE_SCHEMA, RECORD_SCHEMA, candidate_table, record_table
 from pipeline.storage import Store
 
 log = logging.getLogger("pairforge")
@@ -43,6 +45,9 @@ COMMITS = "_commits"
 TMP = ".tmp"
 FORMAT_VERSION = 2
 HEADER_KEYS = ("config_hash", "n_samples", "n_shards", "rows_per_shard")
+# the shard sets: each shard's file of each set is named by its commit record, under the same rules
+SHARD_SETS = ("data", "rejects", "candidates")
+CANDIDATE_ROW_GROUP = 32    # candidates are mostly images: smaller row groups keep readers' memory small
 
 
 def shard_name(k: int) -> str:
@@ -78,10 +83,11 @@ def sha256_file(path, store: Store | None = None) -> str:
     return h.hexdigest()
 
 
-def parquet_bytes(table: pa.Table) -> bytes:
+def parquet_bytes(table: pa.Table, row_group_size: int = 256) -> bytes:
     # Fixed writer settings: the same rows give the same bytes.
     buf = io.BytesIO()
-    pq.write_table(table.combine_chunks(), buf, compression="zstd", row_group_size=256, write_statistics=True)
+    pq.write_table(table.combine_chunks(), buf, compression="zstd", row_group_size=row_group_size,
+                   write_statistics=True)
     return buf.getvalue()
 
 
@@ -187,12 +193,12 @@ class Manifest:
         malformed or name files that are missing or differ from their size (those shards are made
         again), final files without a whole record, and all part files. Returns the paths removed.
 
-        Sizes come from one listing of data/ and rejects/, so a resume costs O(shards) metadata,
+        Sizes come from one listing of each shard set (data/, rejects/, candidates/), so a resume costs O(shards) metadata,
         not a read of the output: a file is fsynced and renamed into place before its record is
         written, so a whole record names whole files. ``check_hashes`` also streams every file
         through sha256 (what `pairforge verify` does), for a disk that may have lost data."""
         keep, removed = set(), []
-        sizes = {f"{sub}/{n}": b for sub in ("data", "rejects") for n, b in self.store.sizes(sub).items()}
+        sizes = {f"{sub}/{n}": b for sub in SHARD_SETS for n, b in self.store.sizes(sub).items()}
         for k in sorted(self.recorded()):
             e = self.entry(k)
             bad = None if e is None else self._files_problem(e, check_hashes, sizes)
@@ -206,7 +212,7 @@ class Manifest:
                 continue
             for f in e["files"].values():
                 keep.add(f["path"])
-        for sub in ("data", "rejects"):
+        for sub in SHARD_SETS:
             for name in self.store.list(sub):
                 rel = f"{sub}/{name}"
                 if rel not in keep:
@@ -273,18 +279,32 @@ def entry_problem(k: int, e) -> str | None:
 
 # -------------------------------------------------------------------- workers: parts and compaction
 
-def write_part(store: Store, k: int, records: list[dict]) -> str:
+def write_part(store: Store, k: int, records: list[dict], candidates: list[dict] | None = None) -> str:
     """A writer's rows of shard k (any statuses, any order) as one part file under .tmp/.
     Returns its relative path. The name is unique, so a retried batch never overwrites a part the
-    driver already counted; compaction reads only the parts the driver was told about."""
+    driver already counted; compaction reads only the parts the driver was told about.
+
+    ``candidates`` (a list, possibly empty, when output.keep_candidates is all): the rows' not-kept
+    candidates, written first to the companion file ``candidate_part(rel)``; the driver learns of
+    the part only after both exist, so compaction can count on the companion."""
     rel = f"{TMP}/shard-{k:05d}/{uuid.uuid4().hex}.parquet"
+    if candidates is not None:
+        store.write_bytes(candidate_part(rel), parquet_bytes(candidate_table(candidates), CANDIDATE_ROW_GROUP),
+                          durable=False)
     store.write_bytes(rel, parquet_bytes(record_table(records)), durable=False)
     return rel
 
 
-def compact_shard(store: Store, k: int, parts: list[str], expected: int, write_rejects: bool) -> dict:
+def candidate_part(part: str) -> str:
+    """The companion file holding a part's candidates."""
+    return part[:-len(".parquet")] + ".candidates.parquet"
+
+
+def compact_shard(store: Store, k: int, parts: list[str], expected: int, write_rejects: bool,
+                  keep_candidates: bool = False) -> dict:
     """Shard k's parts → data/ and rejects/ files sorted by sample index (the same bytes a single
-    writer would make), and the commit record for the driver to write. Raises when the parts do not
+    writer would make), with ``keep_candidates`` also candidates/ sorted by (sample index,
+    candidate), and the commit record for the driver to write. Raises when the parts do not
     hold exactly ``expected`` distinct samples: then nothing final was written for a wrong count."""
     tables = [pq.read_table(store.open_input(p)) for p in parts]
     t = pa.concat_tables(tables) if tables else RECORD_SCHEMA.empty_table()
@@ -309,6 +329,13 @@ def compact_shard(store: Store, k: int, parts: list[str], expected: int, write_r
         rel = f"{sub}/{shard_name(k)}"
         store.write_bytes(rel, data)
         files[sub] = {"path": rel, "rows": len(sel), "sha256": sha256_bytes(data), "bytes": len(data)}
+    if keep_candidates:
+        c = _compact_candidates(store, parts)
+        if c.num_rows:
+            data = parquet_bytes(c, CANDIDATE_ROW_GROUP)
+            rel = f"candidates/{shard_name(k)}"
+            store.write_bytes(rel, data)
+            files["candidates"] = {"path": rel, "rows": c.num_rows, "sha256": sha256_bytes(data), "bytes": len(data)}
     return {
         "samples": t.num_rows, "accepted": len(acc_i), "rejected": len(rej_i),
         "tasks_accepted": dict(sorted(Counter(tasks[i] for i in acc_i).items())),
@@ -316,6 +343,20 @@ def compact_shard(store: Store, k: int, parts: list[str], expected: int, write_r
         "reject_reasons": dict(sorted(Counter(f"{r['reject_stage']}:{r['reject_reason']}" for r in rej_rows).items())),
         "files": files,
     }
+
+
+def _compact_candidates(store: Store, parts: list[str]) -> pa.Table:
+    """The parts' companion candidate files as one table sorted by (sample index, candidate); a
+    retried batch's second copy of a sample's candidates is dropped, as its rows are."""
+    tables = [pq.read_table(store.open_input(candidate_part(p))) for p in parts]
+    t = pa.concat_tables(tables) if tables else CANDIDATE_SCHEMA.empty_table()
+    if not t.num_rows:
+        return t
+    t = t.sort_by([("sample_index", "ascending"), ("candidate", "ascending")])
+    key = list(zip(t.column("sample_index").to_pylist(), t.column("candidate").to_pylist()))
+    if len(set(key)) != len(key):
+        t = t.take(pa.array([i for i in range(len(key)) if i == 0 or key[i] != key[i - 1]], pa.int64()))
+    return t
 
 
 def reject_duplicate_instructions(t: pa.Table) -> pa.Table:
@@ -378,27 +419,36 @@ class ShardWriter:
     steps on Ray workers, with the driver counting: see pipeline/runner.py.)"""
 
     def __init__(self, out, manifest: Manifest, expected: dict[int, int], rows_per_shard: int,
-                 *, job_name: str, config_hash: str, code_version: str, write_rejects: bool):
+                 *, job_name: str, config_hash: str, code_version: str, write_rejects: bool,
+                 keep_candidates: bool = False):
         from pipeline.schema import to_record
 
         self.store, self.manifest = as_store(out), manifest
         self.expected = dict(expected)
         self.rows_per_shard, self.write_rejects = rows_per_shard, write_rejects
+        self.keep_candidates = keep_candidates
         self._to_record = lambda r: to_record(r, job_name=job_name, config_hash=config_hash, code_version=code_version)
         self.parts: dict[int, list[str]] = {}
         self.arrived: Counter = Counter()
         self.committed_now: list[int] = []
 
     def add(self, rows: list[dict]) -> list[int]:
+        from pipeline.schema import to_candidate_records
+
         by_shard: dict[int, list[dict]] = {}
+        cands: dict[int, list[dict]] = {}
         for r in rows:
-            by_shard.setdefault(r["sample_index"] // self.rows_per_shard, []).append(self._to_record(r))
+            k = r["sample_index"] // self.rows_per_shard
+            by_shard.setdefault(k, []).append(self._to_record(r))
+            cands.setdefault(k, []).extend(to_candidate_records(r) if self.keep_candidates else [])
         done = []
         for k, recs in sorted(by_shard.items()):
-            self.parts.setdefault(k, []).append(write_part(self.store, k, recs))
+            self.parts.setdefault(k, []).append(
+                write_part(self.store, k, recs, cands[k] if self.keep_candidates else None))
             self.arrived[k] += len(recs)
             if self.arrived[k] == self.expected[k]:
-                entry = compact_shard(self.store, k, self.parts.pop(k), self.expected[k], self.write_rejects)
+                entry = compact_shard(self.store, k, self.parts.pop(k), self.expected[k], self.write_rejects,
+                                      self.keep_candidates)
                 self.manifest.commit(k, entry)
                 self.store.delete_dir(f"{TMP}/shard-{k:05d}")
                 self.committed_now.append(k)

@@ -15,10 +15,11 @@ from collections import Counter, defaultdict
 import numpy as np
 import pyarrow.parquet as pq
 
+from pipeline.funnel import Funnel, format_funnel
 from pipeline.shards import Manifest, as_store
 
 COLUMNS = ["task", "status", "reject_stage", "reject_reason", "reject_detail", "scores", "params",
-           "provenance.planned_task", "provenance.llm_backend", "provenance.llm_model"]
+           "provenance.planned_task", "provenance.llm_backend", "provenance.llm_model", "stage_times"]
 RESERVOIR = 10_000          # quantiles are exact up to this many values per score/parameter
 MAX_DISTINCT = 1_000        # distinct values counted per categorical parameter; the rest → "(other)"
 OTHER = "(other)"
@@ -44,6 +45,15 @@ class NumSummary:
             j = self.rng.randrange(self.n)
             if j < RESERVOIR:
                 self.sample[j] = x
+
+    def histogram(self, bins: int) -> dict:
+        """Counts in ``bins`` equal bins over [min, max] of the reservoir (exact while n ≤ RESERVOIR,
+        then the sample's shape scaled to n)."""
+        a = np.frombuffer(self.sample, dtype=float)
+        lo, hi = self.lo, self.hi if self.hi > self.lo else self.lo + 1e-9
+        counts, _ = np.histogram(a, bins=bins, range=(lo, hi))
+        scale = self.n / a.size if a.size else 0.0
+        return {"lo": self.lo, "hi": hi, "n": self.n, "counts": [int(round(c * scale)) for c in counts]}
 
     def summary(self) -> dict:
         a = np.frombuffer(self.sample, dtype=float)
@@ -93,13 +103,18 @@ def _flatten(prefix: str, v, out: dict) -> None:
 
 
 def iter_rows(store, path: str, columns: list[str], batch_size: int = 256):
-    """Rows of one Parquet file as dicts, a record batch at a time, only ``columns``."""
+    """Rows of one Parquet file as dicts, a record batch at a time, only ``columns`` (those the file
+    has: outputs written before a column existed, e.g. stage_times, still read)."""
     with store.open_input(path) as fh:
-        for batch in pq.ParquetFile(fh).iter_batches(batch_size=batch_size, columns=columns):
+        pf = pq.ParquetFile(fh)
+        have = set(pf.schema_arrow.names)
+        columns = [c for c in columns if c.split(".")[0] in have]
+        for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
             yield from batch.to_pylist()
 
 
-def compute_stats(out) -> dict:
+def compute_stats(out, bins: int = 0) -> dict:
+    """The job's statistics; ``bins`` > 0 adds per task a histogram of every score (the HTML report)."""
     store = as_store(out)
     m = Manifest(store)
     if m.data is None:
@@ -108,6 +123,7 @@ def compute_stats(out) -> dict:
                                           "reassigned_from": Counter(),
                                           "scores": defaultdict(NumSummary), "params": {}})
     backends = Counter()
+    fun, timed = Funnel(), False
     n_records = 0
     for _, e in m.iter_entries():
         n_records += 1
@@ -115,6 +131,8 @@ def compute_stats(out) -> dict:
             f = e["files"].get(sub)
             for r in iter_rows(store, f["path"], COLUMNS) if f else ():
                 _add_row(per_task[r["task"]], r, backends)
+                fun.add(r)
+                timed = timed or "stage_times" in r
     tasks = {}
     for name, t in sorted(per_task.items()):
         n = t["accepted"] + t["rejected"]
@@ -124,6 +142,8 @@ def compute_stats(out) -> dict:
                        "filter_drops": dict(t["filters"].most_common()),
                        "reassigned_from": dict(t["reassigned_from"].most_common()),
                        "scores": {k: v.summary() for k, v in sorted(t["scores"].items())},
+                       **({"histograms": {k: v.histogram(bins) for k, v in sorted(t["scores"].items())}}
+                          if bins else {}),
                        "params": {k: v.summary() for k, v in sorted(t["params"].items())}}
     acc = sum(t["accepted"] for t in tasks.values())
     total = sum(t["samples"] for t in tasks.values())
@@ -132,6 +152,9 @@ def compute_stats(out) -> dict:
             "shards_total": m.data.get("n_shards"), "samples": total, "accepted": acc,
             "acceptance": round(acc / total, 4) if total else 0.0,
             "instruction_writers": dict(backends), "tasks": tasks,
+            # per task, per stage in chain order: samples that reached it and survived it
+            # (pipeline/funnel.py); empty for outputs written before rows carried stage_times
+            "funnel": fun.result() if timed else {},
             # an image folder's captions.jsonl lines that made no row (not JSON, no "image", a file not
             # in the folder) or disagreed: recorded in the manifest header by the job (SourceIndex)
             "caption_issues": m.data.get("caption_issues") or {}}
@@ -165,6 +188,9 @@ def format_stats(s: dict) -> str:
     for name, t in s["tasks"].items():
         reasons = ", ".join(f"{k}×{v}" for k, v in list(t["reject_reasons"].items())[:4])
         L.append(f"{name:<14}{t['samples']:>8}{t['accepted']:>10}{t['acceptance']:>8.1%}  {reasons}")
+    if s.get("funnel"):
+        L += ["", "funnel per task (stage reached→survived; `pairforge cost` for the time each took)"]
+        L += format_funnel(s["funnel"])
     drops = {n: t for n, t in s["tasks"].items() if t.get("filter_drops") or t.get("reassigned_from")}
     if drops:
         L += ["", "filter drops per task (filter/reason×count); samples the task predictor reassigned"]

@@ -3,7 +3,10 @@
 Checks: manifest present and complete; every committed file exists with its sha256 and row count;
 every file's schema equals the record schema (including the datasets feature metadata); per-task
 counts and statuses match the commit record; ids recompute from (job seed, source id, planned task,
-attempt); each shard's rows have distinct sample indices, all inside the shard; no stray files.
+attempt); each shard's rows have distinct sample indices, all inside the shard; stage times
+(cost accounting) are finite, non-negative and name each stage once; no stray files.
+candidates/ (output.keep_candidates: all) gets the same file checks against CANDIDATE_SCHEMA, and
+each candidate row names a distinct (sample, candidate) of its shard, never the kept one.
 
 Memory does not grow with the job: shards are checked one at a time, hashing streams the file, the
 schema comes from the Parquet footer and only a few small columns are read. There is no global set
@@ -20,10 +23,10 @@ from collections import Counter
 import pyarrow.parquet as pq
 import yaml
 
-from pipeline.schema import RECORD_SCHEMA, sample_id
+from pipeline.schema import CANDIDATE_SCHEMA, RECORD_SCHEMA, sample_id
 from pipeline.shards import Manifest, as_store, commit_name, sha256_file, shard_name
 
-COLUMNS = ["id", "source_id", "task", "attempt", "status", "sample_index", "provenance.planned_task"]
+COLUMNS = ["id", "source_id", "task", "attempt", "status", "sample_index", "provenance.planned_task", "stage_times"]
 
 
 def _as_read_back(schema):
@@ -46,7 +49,8 @@ def verify(out) -> list[str]:
     if store.exists("job.resolved.yaml"):
         seed = (yaml.safe_load(store.read_text("job.resolved.yaml")) or {}).get("seed")
     expected_schema = _as_read_back(RECORD_SCHEMA)
-    # which canonical files the records name: one byte per shard (bit 1 data, bit 2 rejects), so
+    candidate_schema = _as_read_back(CANDIDATE_SCHEMA)
+    # which canonical files the records name: one byte per shard (bit 1 data, 2 rejects, 4 candidates), so
     # the stray-file check needs no set of paths; records naming other paths (none expected) aside
     named = bytearray(n_shards)
     odd_paths: set[str] = set()
@@ -59,11 +63,16 @@ def verify(out) -> list[str]:
         tasks = {"data": Counter(), "rejects": Counter()}
         indices: Counter = Counter()            # data + rejects of this shard: at most N keys
         for sub, f in e["files"].items():
-            if f["path"] == f"{sub}/{shard_name(k)}" and k < n_shards:
-                named[k] |= 1 if sub == "data" else 2
+            if f["path"] == f"{sub}/{shard_name(k)}" and k < n_shards and sub in _BITS:
+                named[k] |= _BITS[sub]
             else:
                 odd_paths.add(f["path"])
-            problems += _check_file(store, f, sub, seed, expected_schema, tasks[sub], indices)
+            if sub != "candidates":
+                problems += _check_file(store, f, sub, seed, expected_schema, tasks[sub], indices)
+        if "candidates" in e["files"]:
+            # after data/rejects: ``indices`` then holds the shard's samples (when rejects are written)
+            problems += _check_candidates(store, e["files"]["candidates"], candidate_schema, k, N,
+                                          indices if "rejects" in e["files"] or not e["rejected"] else None)
         outside = [i for i in indices if not k * N <= i < (k + 1) * N]
         if outside:
             problems.append(f"shard {k}: {len(outside)} row(s) with a sample index outside "
@@ -84,7 +93,7 @@ def verify(out) -> list[str]:
                             "committed; rerunning the job makes it again)")
     if not m.complete:
         problems.insert(0, f"job incomplete: {n_committed}/{n_shards} shards committed")
-    for sub, bit in (("data", 1), ("rejects", 2)):
+    for sub, bit in _BITS.items():
         for name in store.list(sub):
             rel = f"{sub}/{name}"
             k = _shard_of(name)
@@ -93,10 +102,60 @@ def verify(out) -> list[str]:
     return problems
 
 
+_BITS = {"data": 1, "rejects": 2, "candidates": 4}
+
+
+def _check_candidates(store, f: dict, schema, k: int, N: int, samples) -> list[str]:
+    """candidates/ file of shard k: existence, sha256, schema, row count; every row a distinct
+    (sample index, candidate) of a sample of this shard (of ``samples`` when the shard's rows are all
+    stored), never the candidate that was kept."""
+    path = f["path"]
+    if not store.exists(path):
+        return [f"{path}: missing"]
+    problems = []
+    if sha256_file(path, store) != f["sha256"]:
+        problems.append(f"{path}: sha256 mismatch (file changed or corrupt)")
+    try:
+        with store.open_input(path) as fh:
+            pf = pq.ParquetFile(fh)
+            if not pf.schema_arrow.equals(schema, check_metadata=True):
+                problems.append(f"{path}: schema differs from the candidate schema")
+            if pf.metadata.num_rows != f["rows"]:
+                problems.append(f"{path}: {pf.metadata.num_rows} rows, manifest says {f['rows']}")
+            seen, bad = set(), []
+            for batch in pf.iter_batches(batch_size=1024, columns=["sample_index", "candidate", "selected"]):
+                for i, c, sel in zip(*(batch.column(n).to_pylist() for n in ("sample_index", "candidate", "selected"))):
+                    if (i, c) in seen:
+                        bad.append(f"candidate {c} of sample {i} appears twice")
+                    seen.add((i, c))
+                    if not k * N <= i < (k + 1) * N or (samples is not None and i not in samples):
+                        bad.append(f"sample {i} is not a sample of shard {k}")
+                    if c == sel:
+                        bad.append(f"candidate {c} of sample {i} is the kept one (it belongs in data/ or rejects/)")
+            if bad:
+                problems.append(f"{path}: {bad[0]}" + (f" (and {len(bad) - 1} more rows)" if len(bad) > 1 else ""))
+    except Exception as ex:  # corrupt parquet of any kind is a finding, not a crash
+        problems.append(f"{path}: unreadable: {type(ex).__name__}: {ex}")
+    return problems
+
+
 def _shard_of(name: str) -> int | None:
     if name.startswith("part-") and name.endswith(".parquet") and name[5:-8].isdigit():
         k = int(name[5:-8])
         return k if shard_name(k) == name else None
+    return None
+
+
+def _stage_times_problem(times: list[dict]) -> str | None:
+    import math
+    names = [e["stage"] for e in times]
+    if len(set(names)) != len(names):
+        return f"a stage listed twice ({names})"
+    for e in times:
+        for k in ("wall_s", "cpu_s", "gpu_s"):
+            v = e[k]
+            if v is None or not math.isfinite(v) or v < 0:
+                return f"{e['stage']}.{k} = {v} (must be a finite number ≥ 0)"
     return None
 
 
@@ -117,7 +176,7 @@ def _check_file(store, f: dict, sub: str, seed, expected_schema, tasks: Counter,
                 problems.append(f"{path}: schema differs from the record schema")
             if pf.metadata.num_rows != f["rows"]:
                 problems.append(f"{path}: {pf.metadata.num_rows} rows, manifest says {f['rows']}")
-            bad_status, bad_id = [], []           # (count, first example): one line per file, not per row
+            bad_status, bad_id, bad_time = [], [], []   # (count, first example): one line per file, not per row
             for batch in pf.iter_batches(batch_size=1024, columns=COLUMNS):
                 for r in batch.to_pylist():
                     planned = (r["provenance"] or {}).get("planned_task") or r["task"]   # reassigned samples
@@ -127,7 +186,10 @@ def _check_file(store, f: dict, sub: str, seed, expected_schema, tasks: Counter,
                         bad_status.append(f"row {r['id']} has status {r['status']!r}")
                     if seed is not None and sample_id(seed, r["source_id"], planned, r["attempt"]) != r["id"]:
                         bad_id.append(f"id {r['id']} does not match its (seed, source, task, attempt)")
-            for bad in (bad_status, bad_id):
+                    why = _stage_times_problem(r.get("stage_times") or [])
+                    if why:
+                        bad_time.append(f"row {r['id']} stage_times: {why}")
+            for bad in (bad_status, bad_id, bad_time):
                 if bad:
                     problems.append(f"{path}: {bad[0]}" + (f" (and {len(bad) - 1} more rows)" if len(bad) > 1 else ""))
     except Exception as ex:  # corrupt parquet of any kind is a finding, not a crash

@@ -90,7 +90,8 @@ def color_reference(vllm_url, tmp_path_factory):
                     stages__instruct={"actors": 1, "num_cpus": 0.25, "batch_size": 2},
                     stages__cpu={"actors": 1, "num_cpus": 0.25, "batch_size": 2},
                     stages__filter={"actors": 1, "num_cpus": 0.25, "batch_size": 2})
-    run_cli("run", str(job), "--out", str(d / "clean"), "--no-progress", "-q")
+    p = run_cli("run", str(job), "--out", str(d / "clean"))      # with the progress display: test_job checks it
+    (d / "console.txt").write_text(p.stderr)
     rows = _rows(d / "clean")
     assert len({r["id"] for r in rows}) == len(rows) == 18
     return {"job": job, "out": d / "clean", "rows": rows, "n_shards": 6}

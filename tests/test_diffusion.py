@@ -195,14 +195,17 @@ def test_tasks_are_runnable():
 def test_job_with_every_diffusion_task(vllm_url, tmp_path):
     """All seven diffusion tasks through `pairforge run` on the embedded default (SmolLM2 on vLLM,
     tiny random vision models). Filters are off: the tiny random CLIP judges nothing meaningful,
-    and the point here is that every row flows and the shards carry parameters and masks."""
+    and the point here is that every row flows and the shards carry parameters and masks.
+    The job keeps every candidate (output.keep_candidates: all): candidates/ is committed and
+    verified, `pairforge export-preference` makes DPO pairs of it that open in `datasets` with every
+    image decoding, and the HTML report shows the candidates' strips with their images."""
     import pyarrow.parquet as pq
 
     from tests.jobutil import run_cli, stats, write_job
 
     tasks = {t: 1.0 for t in ("local", "texture", "add", "remove", "global", "background", "style")}
     job = write_job(tmp_path / "job.yaml", vllm_url, tasks=tasks, source__limit=14, source__repeats=1,
-                    filters__enabled=False,
+                    filters__enabled=False, output__keep_candidates="all",
                     diffusion={"steps": 3, "inpaint_steps": 3, "candidates": 3, "resolution": 32})
     out = tmp_path / "out"
     run_cli("run", str(job), "--out", str(out), "--no-progress", timeout=1800)
@@ -227,6 +230,37 @@ def test_job_with_every_diffusion_task(vllm_url, tmp_path):
         if r["task"] == "style":
             assert p["recipe"] == "pnp" and "n_self" in p
     assert run_cli("verify", str(out)).returncode == 0
+    _check_candidates_and_preference(out, rows, tmp_path)
+
+
+def _check_candidates_and_preference(out, rows, tmp_path):
+    import datasets
+    import pyarrow.parquet as pq
+
+    from pipeline.report_html import write_html
+    from tests.jobutil import run_cli
+
+    cands = pq.read_table(out / "candidates").to_pylist()
+    judged = {r["sample_index"]: json.loads(r["provenance"]["candidates"]) for r in rows if r["provenance"]["candidates"]}
+    assert judged and {c["sample_index"] for c in cands} == {i for i, j in judged.items() if len(j["candidates"]) > 1}
+    for i, j in judged.items():                     # every candidate but the kept one, each once
+        got = sorted(c["candidate"] for c in cands if c["sample_index"] == i)
+        assert got == [k for k in range(len(j["candidates"])) if k != j["selected"]]
+    assert all(c["output_image"]["bytes"] for c in cands)
+    accepted = sum(r["status"] == "accepted" for r in rows)
+    dest = tmp_path / "pref" / "train.parquet"
+    c = json.loads(run_cli("export-preference", str(out), str(dest)).stdout)
+    assert c["accepted_samples"] == accepted and 1 <= c["pairs"] <= 2 * accepted, c
+    ds = datasets.load_dataset("parquet", data_files=str(dest), split="train")
+    assert len(ds) == c["pairs"]
+    for r in ds:
+        assert r["instruction"] and r["margin"] is not None and r["score_source"] == "filter:clip_dir"
+        for k in ("input_image", "chosen_image", "rejected_image"):
+            r[k].load()
+            assert r[k].size[0] > 0
+        assert r["chosen_scores"]["clip_dir"] == r["chosen_score"]
+    page = write_html(out, tmp_path / "report.html").read_text()
+    assert page.count('class="cand kept"') >= 1 and "scores only" not in page
 
 
 def test_add_edit_on_a_generated_base_clears_the_change_floor(one_thread):

@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -242,10 +243,12 @@ def test_job_rerun_remakes_exactly_the_cut_shard(vllm_url, tmp_path):
 
     second = json.loads(run_cli(*args).stdout.strip().splitlines()[-1])
     assert second["shards_skipped"] == n - 1 and second["shards_written"] == 1     # exactly that shard
-    assert json.loads(cut.read_text()) == json.loads(whole)
+    # the remade record names the same files and counts; their sha256 and size differ only by the
+    # rows' stage times, which are measured again (pipeline/cost.py), never the same twice
+    assert _sans_hashes(json.loads(cut.read_text())) == _sans_hashes(json.loads(whole))
     for f, (ino, mtime, data) in files.items():
-        if f.name == f"part-{k:05d}.parquet":          # remade: a new file with the same bytes
-            assert f.read_bytes() == data
+        if f.name == f"part-{k:05d}.parquet":          # remade: a new file with the same rows
+            assert _untimed(pq.read_table(f)) == _untimed(pq.read_table(pa.BufferReader(data)))
         else:                                          # the other shards were not touched
             assert (f.stat().st_ino, f.stat().st_mtime_ns) == (ino, mtime), f
     rows = _job_rows(out)
@@ -255,8 +258,22 @@ def test_job_rerun_remakes_exactly_the_cut_shard(vllm_url, tmp_path):
     assert run_cli("verify", str(out)).returncode == 0
 
 
+def _untimed(t) -> list[dict]:
+    rows = t.to_pylist()
+    for r in rows:
+        r["stage_times"] = [e["stage"] for e in r.get("stage_times") or []]
+    return rows
+
+
+def _sans_hashes(rec: dict) -> dict:
+    rec = json.loads(json.dumps(rec))
+    for f in rec.get("files", {}).values():
+        f.pop("sha256", None)
+        f.pop("bytes", None)
+    return rec
+
+
 def _job_rows(out: Path) -> list[dict]:
-    import pyarrow as pa
     t = pa.concat_tables([pq.read_table(p) for sub in ("data", "rejects")
                           for p in sorted((out / sub).glob("part-*.parquet"))])
-    return sorted(t.to_pylist(), key=lambda r: r["sample_index"])
+    return sorted(_untimed(t), key=lambda r: r["sample_index"])

@@ -60,6 +60,22 @@ def test_best_passing_candidate_is_kept_and_every_candidate_is_reported():
     assert json.loads(got["scores"])["l1"] == pytest.approx(rep["candidates"][2]["scores"]["l1"], abs=1e-6)
 
 
+def test_keep_candidates_all_passes_every_candidate_on_to_the_writer():
+    from pipeline.schema import to_candidate_records
+    im = photo()
+    cands = [("dilated_blurred", brighter(im, 1.4)), ("bbox", brighter(im, 3.0)), ("precise", brighter(im, 1.1))]
+    cfg = JobConfig.model_validate({"filters": {"task_predictor": {"enabled": False}, "select_by": "l1",
+                                                "rules": {"color": {"depth_l1": None}}},
+                                    "output": {"keep_candidates": "all"}})
+    got = FilterStage(cfg.model_dump(mode="json"))(flow_table([row("color", cands)])).to_pylist()[0]
+    assert len(got["candidates"]) == 3 and got["output_png"] == got["candidates"][2]["output_png"]
+    recs = to_candidate_records(got)                   # the two not kept, with what decided against them
+    assert [(r["candidate"], r["selected"], r["passed"], r["reason"]) for r in recs] == \
+        [(0, 2, True, None), (1, 2, False, "overexposed")]
+    assert all(r["input_image"] is None and r["output_image"]["bytes"] for r in recs)
+    assert recs[1]["scores"]["clipped_frac"] > 0.35
+
+
 def test_no_passing_candidate_rejects_with_the_filter_named():
     im = photo()
     got = stage()(flow_table([row("color", [("a", im.copy()), ("b", brighter(im, 1.001))])])).to_pylist()[0]

@@ -251,12 +251,12 @@ def test_report_reads_only_the_row_groups_it_shows(tmp_path, monkeypatch):
     # shard 0 (data rows 300, 301: row group 1), so the report needs row groups 0 and 1 of shard 0 and nothing else.
     out = _make(tmp_path / "o", 3, 600, task_of=lambda i: "add" if i in (400, 401) else "color")
     stats = compute_stats(out)
-    monkeypatch.setattr(report_html, "compute_stats", lambda _: stats)   # only the report's reads below
+    monkeypatch.setattr(report_html, "compute_stats", lambda *_, **__: stats)   # only the report's reads below
     calls = _spy(monkeypatch)
-    page = report_html.write_html(out, tmp_path / "r.html", per_task=2).read_text()
+    page = report_html.write_html(out, tmp_path / "r.html", per_task=2, per_reason=2).read_text()
     reads = [c for c in calls if c[0] == "read"]
     groups = [c[1] for c in calls if c[0] == "read_row_group"]
-    assert reads == [("read", ["task", "status"])] * 2            # shard 0's data and rejects files only
+    assert reads == [("read", report_html.SMALL)] * 2             # shard 0's data and rejects files only
     assert sorted(groups) == [0, 0, 1]                            # data: groups 0 and 1; rejects: group 0
     assert page.count('<img src="data:image/jpeg;base64,') == 2 * (2 + 2 + 2)   # color ±, add accepted
     assert "filter: no_visible_change" in page and "edit 401" in page

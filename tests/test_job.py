@@ -18,7 +18,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def demo_out(color_reference):
-    """The session's color job (tests/conftest.py), shared with the kill tests: one run, not two."""
+    """The session's color job (tests/conftest.py), shared with the kill tests: one run, not two.
+    It runs with the progress display; its console is beside the output (console.txt)."""
     return color_reference["out"], color_reference["job"]
 
 
@@ -60,6 +61,27 @@ def test_demo_job_accepts_color_with_vllm_provenance(demo_out):
         assert {"clip", "dino", "depth", "task_predictor", "sentence_encoder"} <= set(models), models
     assert (out / "job.resolved.yaml").exists()
     assert run_cli("verify", str(out)).returncode == 0
+
+
+def test_console_is_calm_and_rows_carry_stage_times(demo_out):
+    """Issue 17: the terminal shows our progress display and closing summary, none of Ray's or
+    vLLM's own lines (they are in OUT/logs/); every row, rejects too, carries its stage times."""
+    import re
+    out, _ = demo_out
+    console = (out.parent / "console.txt").read_text()
+    ray_lines = [ln for ln in re.split(r"[\r\n]", console)
+                 if re.search(r"\(raylet\)|pid=\d+\)|core_worker\.cc|streaming_executor|RayDeprecationWarning"
+                              r"|\bINFO\b|-- |vllm|ray\.data", ln, re.I)
+                 and "vllm_server.log" not in ln]
+    assert not ray_lines, ray_lines[:5]
+    assert "generate:" in console and "accepted=" in console and "shards=" in console
+    assert f"output: {out}" in console and f"logs:   {out / 'logs'}" in console
+    assert (out / "logs" / "ray.log").stat().st_size > 0          # what Ray said is kept, not lost
+    for sub in ("data", "rejects"):
+        t = pq.read_table(out / sub, columns=["status", "stage_times"]).to_pylist()
+        assert all(any(e["stage"] == "load" and e["wall_s"] > 0 for e in r["stage_times"]) for r in t)
+    s = stats(out)
+    assert s["funnel"]["color"][0]["reached"] == s["tasks"]["color"]["samples"]
 
 
 def test_shards_open_with_datasets_duckdb_polars(demo_out):

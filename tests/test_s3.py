@@ -152,6 +152,29 @@ def test_shards_on_s3_verify_and_match_local_stats(s3_server, tmp_path):
     assert page.count('<img src="data:image/jpeg;base64,') == 2 * 10 and "invert 0" in page
 
 
+def test_candidates_export_and_report_on_s3(s3_server, tmp_path):
+    """keep_candidates: all on an object store: the candidates/ set commits and verifies, and
+    export-preference writes its Parquet to S3 the same as locally."""
+    import pyarrow.parquet as pq
+
+    from pipeline.preference import export_preference
+    from pipeline.report_html import write_html
+    from pipeline.storage import Store
+    from pipeline.verify import verify
+    from tests.test_candidates import _rows as cand_rows, _write as cand_write
+
+    uri = s3_server.uri(_key("cands"))
+    cand_write(Store(uri), cand_rows(), 3)
+    assert verify(uri) == [] and len(Store(uri).list("candidates")) == 3
+    c = export_preference(uri, Store(uri).url("pref/p.parquet"))
+    cand_write(tmp_path / "local", cand_rows(), 3)
+    local = export_preference(tmp_path / "local", str(tmp_path / "l.parquet"))
+    assert c["pairs"] == local["pairs"] == 16
+    with s3_server.fs().open_input_file(f"{Store(uri).path('pref/p.parquet')}") as f:
+        assert pq.read_table(f).equals(pq.read_table(tmp_path / "l.parquet"))
+    assert "<svg" in write_html(uri, tmp_path / "r.html").read_text()
+
+
 def test_verify_catches_a_flipped_byte_and_a_stray_on_s3(s3_server):
     from pipeline.storage import Store
     from pipeline.verify import verify

@@ -505,16 +505,21 @@ def test_html_report_escapes_every_user_string(tmp_path):
     t = _Tags()
     t.feed(page)
     tags = {name for name, _ in t.tags}
-    assert tags <= {"meta", "title", "style", "h1", "pre", "h2", "div", "img", "br", "code", "script"}, tags
+    assert tags <= {"html", "head", "body", "meta", "title", "style", "h1", "h2", "h3", "p", "pre", "div", "span",
+                    "nav", "a", "b", "img", "br", "code", "table", "tr", "th", "td", "script",
+                    "svg", "rect", "line", "text"}, tags          # inline SVG charts: shapes and labels only
     for name, attrs in t.tags:
         assert not any(a.startswith("on") for a in attrs), (name, attrs)
         if name == "img":
             assert attrs["src"].startswith("data:image/jpeg;base64,")
         if name == "script":
             assert attrs == {"type": "application/json", "id": "stats"}
+        if name == "a":                                # links stay inside the page (reason → examples)
+            assert attrs["href"].startswith("#") and set(attrs) == {"href"}
     (block,) = t.scripts                               # the JSON holds the data, unchanged
     data = json.loads(block)
-    want = json.loads(json.dumps(compute_stats(out)))
+    from pipeline.report_html import BINS
+    want = json.loads(json.dumps(compute_stats(out, bins=BINS)))
     assert data == want and data["job_name"] == "job" + EVIL
     run_cli("stats", str(out), "--html", str(tmp_path / "cli.html"))       # what `pairforge stats --html` writes
     assert (tmp_path / "cli.html").read_text(encoding="utf-8") == page

@@ -132,6 +132,25 @@ def test_html_report_shows_pairs_and_reasons(tmp_path):
     assert "filter: no_visible_change" in page and "invert 0" in page
 
 
+def test_html_report_draws_the_jobs_calibrated_threshold_and_links_every_reason(tmp_path):
+    import re
+
+    from pipeline.report_html import thresholds, write_html
+    from pipeline.shards import as_store
+    out = tmp_path / "o"
+    _write(out, _rows(), 3)
+    # a quantile rule on l1, calibrated by the job to 0.42 (what runner.calibrate records)
+    (out / "job.resolved.yaml").write_text("seed: 5\nfilters:\n  rules:\n    color:\n      l1: {keep_top: 0.5}\n")
+    (out / "calibration.json").write_text(json.dumps({"thresholds": {"color": {"l1": {"max": 0.42}}}}))
+    thr, on = thresholds(as_store(out))
+    assert on and thr["color"]["l1"] == [("max", 0.42)] and thr["color"]["clipped_frac"] == [("max", 0.35)]
+    page = write_html(out, tmp_path / "r.html").read_text()
+    l1 = re.search(r"<title>l1</title>.*?</svg>", page, re.S).group(0)
+    assert 'class="thr"' in l1 and "max 0.42" in l1
+    links = re.findall(r'<a href="#(r-[^"]+)">', page)
+    assert len(links) == 1 and f'id="{links[0]}"' in page          # filter:no_visible_change → its examples
+
+
 # -------------------------------------------------------------------- duplicate instructions
 
 

@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from pipeline import faults
 from pipeline.config import JobConfig
-from pipeline.schema import flow_table, reject
+from pipeline.schema import add_stage_time, flow_table, reject
 
 log = logging.getLogger("pairforge")
 
@@ -60,11 +60,32 @@ class Stage:
         raise TypeError(f"{type(self).__name__} must implement process or process_row")
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        t0 = time.perf_counter()
         rows = batch.to_pylist()
         todo = [i for i, r in enumerate(rows) if r["status"] == "pending" and self.wants(r)]
         if todo:
             self._run(batch, rows, todo)
+            self._stamp_times(rows, todo, time.perf_counter() - t0)
         return flow_table(rows)
+
+    def _stamp_times(self, rows: list[dict], todo: list[int], wall: float) -> None:
+        """Cost accounting (`pairforge cost`): the batch's wall time, split evenly over the rows this
+        stage worked on (accepted or rejected here: both used it), times what one actor of the pool
+        holds (its declared num_cpus / num_gpus). Rows passed through untouched get nothing, so a
+        row's entries also say which stages it reached. Retries and row-by-row fallbacks are inside
+        ``wall``: faults cost time, and that time is counted. Model loading (``setup``) is not."""
+        share = wall / len(todo)
+        res = self.cfg.stages.for_stage(self.resources_key)
+        extra = self.shared_times(share)
+        for i in todo:
+            add_stage_time(rows[i], self.name, share, share * res.num_cpus, share * res.num_gpus)
+            for name, (w, c, g) in extra.items():
+                add_stage_time(rows[i], name, w, c, g)
+
+    def shared_times(self, share: float) -> dict[str, tuple[float, float, float]]:
+        """Resources outside the actor that a row held while this stage worked on it (e.g. an LLM
+        server): name → (wall_s, cpu_s, gpu_s) per row, given the row's share of the batch time."""
+        return {}
 
     def _attempt(self, rows: list[dict]) -> None:
         faults.inject(self.name, rows, "before")

@@ -161,8 +161,9 @@ class FilterStage(Stage):
             k = chosen.raw
             row["input_png"], row["output_png"], row["mask_png"] = k["input_png"], k["output_png"], k["mask_png"]
             row["mask_variant"], row["params"] = k["mask_variant"], k["params"]
-            if not self.calibrating:
+            if not self.calibrating and self.cfg.output.keep_candidates == "best":
                 row["candidates"] = None             # images of the others are not kept
+            # keep_candidates: all → they travel on to the writer, which stores the others in candidates/
         if not passing and self.fc.enabled:
             name, v = chosen.failed
             n = len(cands)

@@ -85,6 +85,19 @@ class InstructStage(Stage):
         self.cache = AnswerCache(self.llm.cache_dir if self.llm.cache else None)
         self.model_refs = {"llm": llm_ref(self.llm, self.backend)}       # once per actor
 
+    def shared_times(self, share: float) -> dict[str, tuple[float, float, float]]:
+        """The LLM server's time (vllm-openai only; the other backends run inside this actor, whose
+        own num_cpus/num_gpus already count them). The instruct actors' requests share the server's
+        batches, so while one actor works on a batch the server is 1/actors of the time its own:
+        row's server-seconds = row's share / instruct actors, times what the server holds
+        (stages.llm_server). An idle, unsaturated server is still held: this undercounts such a
+        job's server cost and is exact for a saturated one, which is what a sized cluster runs."""
+        if self.llm.backend != "vllm-openai":
+            return {}
+        srv, n = self.cfg.stages.llm_server, self.cfg.stages.instruct.actors
+        w = share / n
+        return {"llm_server": (w, w * srv.num_cpus, w * srv.num_gpus)}
+
     # ---------------------------------------------------------------- LLM round trip with cache
     def _ask(self, prompts: list, schemas: list[dict], seeds: list[int]) -> list[ChatResult]:
         llm = self.llm

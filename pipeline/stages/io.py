@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from pipeline.config import JobConfig
 from pipeline.faults import retry_call
-from pipeline.schema import FLOW_SCHEMA, flow_table, to_record
+from pipeline.schema import FLOW_SCHEMA, flow_table, to_candidate_records, to_record
 from pipeline.shards import TMP, write_part
 from pipeline.storage import Store
 
@@ -47,19 +47,25 @@ class PlanShards:
 
 
 def write_parts(batch: pa.Table, *, out: str, job_name: str, config_hash: str, code_version: str,
-                rows_per_shard: int) -> pa.Table:
+                rows_per_shard: int, keep_candidates: bool = False) -> pa.Table:
     """Flow rows → one part file per shard present in the batch, written where this task runs (Ray
-    tasks: as many writers as the cluster has room for). Returns only (shard, part path, rows,
+    tasks: as many writers as the cluster has room for); with ``keep_candidates`` each part has a
+    companion file of the rows' not-kept candidates. Returns only (shard, part path, rows,
     accepted) to the driver."""
     store = Store(out)
     meta = dict(job_name=job_name, config_hash=config_hash, code_version=code_version)
     by_shard: dict[int, list[dict]] = defaultdict(list)
+    cands: dict[int, list[dict]] = defaultdict(list)
     for r in batch.to_pylist():
-        by_shard[r["sample_index"] // rows_per_shard].append(to_record(r, **meta))
+        k = r["sample_index"] // rows_per_shard
+        by_shard[k].append(to_record(r, **meta))
+        if keep_candidates:
+            cands[k] += to_candidate_records(r)
     parts = []
     for k, recs in sorted(by_shard.items()):
         # a storage hiccup is retried with backoff; one that persists stops the job (shard uncommitted)
-        part = retry_call(lambda: write_part(store, k, recs), f"writing a part of shard {k} to {out}")
+        part = retry_call(lambda: write_part(store, k, recs, cands[k] if keep_candidates else None),
+                          f"writing a part of shard {k} to {out}")
         _fault_after_part_write()
         parts.append({"shard": k, "part": part, "rows": len(recs), "accepted": sum(r["status"] == "accepted" for r in recs)})
     return pa.Table.from_pylist(parts, schema=PART_SCHEMA)
