@@ -274,6 +274,8 @@ def run_job(cfg: JobConfig, out, *, progress: bool = True, chain: tuple | None =
                 if url:
                     cfg.llm.url = url
                 _quiet_ray_data()
+                if watch is not None:       # the server's health from the first display on
+                    display.post["llm"] = watch.state
                 calibrated = calibrate(cfg, store, index, pending, tasks, progress, display, console.stream)
                 # the pass that makes the shards: one display, whatever datasets it runs
                 display.bar = bar = _bar(summary["samples_run"], progress, "generate", console.stream)
