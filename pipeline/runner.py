@@ -88,7 +88,7 @@ def judge_service(cfg: JobConfig, log_dir: Path, on_change=None):
     if not any(a.startswith("--limit-mm-per-prompt") for a in launch.extra_args):
         launch.extra_args = ["--limit-mm-per-prompt", '{"image": 2}', *launch.extra_args]
     if not any(a.startswith("--structured-outputs-config") for a in launch.extra_args):
-        launch.extra_args = ["--structured-outputs-config", '{"disable_any_whitespace": true}', *launch.extra_args]
+        launch.extra_args = ["--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}', *launch.extra_args]
     with served_model("judge server", jc.url, jc.api_key, jc.wait_s, jc.model, launch, log_dir / "judge_server.log",
                       field="judge", kv_cache_bytes=int(jc.launch.kv_cache_gb * 2**30), on_change=on_change) as got:
         yield got
