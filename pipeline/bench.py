@@ -83,6 +83,8 @@ def run_bench(cfg, scratch: Path) -> dict:
         init_ray(cfg)
         cur = rows
         for stage in CHAIN:
+            if not stage.enabled(cfg):
+                continue
             cur, dt = _time_stage(cfg, stage, cur)
             report["stages"][stage.name] = {"seconds": round(dt, 2), "samples_per_s": round(n / dt, 3),
                                             "rejected_so_far": sum(r["status"] == "rejected" for r in cur)}

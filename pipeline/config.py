@@ -19,6 +19,7 @@ from pipeline.grounding.config import GroundingConfig  # the grounding block liv
 from pipeline.diffusion.config import DiffusionConfig  # the diffusion block lives with the generators
 from pipeline.text.config import TextConfig  # the text block lives with the OCR text generator
 from pipeline.translate.config import TranslationConfig  # the translation block lives with its annotators
+from pipeline.judge.config import JudgeConfig  # the judge block lives with the VLM judge
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -146,6 +147,8 @@ class StagesConfig(_Strict):
                                        description="What one vLLM server holds (num_cpus, num_gpus; actors = servers), for "
                                        "cost accounting and the cluster plan (`pairforge cost`). Not a Ray pool: the "
                                        "server runs beside the actors; batch_size is unused.")
+    judge: StageResources = Field(default_factory=lambda: StageResources(actors=1, num_cpus=0.25, batch_size=16),
+                                  description="VLM judge stage (the client; the judge server has its own resources).")
 
     def for_stage(self, key: str) -> StageResources:
         """The pool settings of a stage's ``resources_key``. The split diffusion blocks take what they
@@ -243,6 +246,8 @@ class JobConfig(_Strict):
     text: TextConfig = Field(default_factory=TextConfig, description="Text task: OCR, inpainting, fonts and colours.")
     translation: TranslationConfig = Field(default_factory=TranslationConfig, description="Translation tasks: annotator "
                                            "settings (checkpoints: models.depth / models.pose / models.segmentation).")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="VLM judge after the filters: rubric "
+                               "scores, threshold, instruction rewrite (off by default).")
     max_caption_chars: int = Field(2000, ge=10, description="Longer captions are rejected as 'caption_too_long'.")
 
     @field_validator("tasks")
@@ -290,6 +295,11 @@ class JobConfig(_Strict):
         d.pop("stages", None)
         d.pop("retry", None)
         d["filters"].pop("calibrated", None)    # derived from the job's own scores, saved beside it
+        d["judge"].pop("calibrated", None)
+        for k in ("url", "launch", "concurrency", "timeout_s", "wait_s", "api_key"):
+            d["judge"].pop(k, None)   # where the judge's answers come from, not what they are
+        if not self.judge.enabled:
+            d.pop("judge")            # job files written before the judge keep their hash
         for k in ("url", "launch", "concurrency", "timeout_s", "wait_s", "cache_dir", "api_key", "cache"):
             d["llm"].pop(k, None)     # where answers come from and how fast, not what they are
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

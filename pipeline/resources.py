@@ -51,7 +51,7 @@ def pool_specs(cfg: JobConfig, tasks: set[str]) -> list[PoolSpec]:
 
     out = []
     for stage in CHAIN:
-        if not stage.needed(tasks):
+        if not stage.needed(tasks) or not stage.enabled(cfg):
             continue
         key = stage.resources_key
         res = cfg.stages.for_stage(key)

@@ -34,7 +34,7 @@ from pipeline.stages.io import CALIBRATION_DIR, PlanShards, save_calibration, wr
 # Imported here, not lazily after ray.init: inside a `ray job submit` driver with an editable install,
 # a later import of pipeline.stages resolved to the install's tree instead of the job's working dir
 # and then failed to import the working dir's pipeline.grounding submodules.
-from pipeline.stages import CHAIN, FilterStage
+from pipeline.stages import CHAIN, FilterStage, JudgeStage
 from pipeline.llm.backends import OpenAIServerBackend
 from pipeline.llm.server import ServerWatch, VLLMServer      # (the same: it is used after ray.init)
 from pipeline.storage import Store
@@ -70,31 +70,62 @@ def llm_service(cfg: JobConfig, log_dir: Path, on_change=None):
     if llm.backend != "vllm-openai":
         yield None, None
         return
-    if llm.url:
-        name = f"LLM server {llm.url} (llm.url)"
-        wait_for_server(name, llm.url, llm.api_key, llm.wait_s)
-        with ServerWatch(name, lambda: OpenAIServerBackend.answers(llm.url, llm.api_key, timeout_s=5), on_change=on_change) as watch:
-            yield llm.url, watch
+    with served_model("LLM server", llm.url, llm.api_key, llm.wait_s, llm.model, llm.launch, log_dir / "vllm_server.log",
+                      on_change=on_change) as got:
+        yield got
+
+
+@contextlib.contextmanager
+def judge_service(cfg: JobConfig, log_dir: Path, on_change=None):
+    """(URL, ServerWatch) of the job's VLM judge server (judge.enabled), or (None, None): given by
+    judge.url and watched, or launched from judge.launch (log OUT/logs/judge_server.log) and
+    restarted when it dies, like the instruction LLM's."""
+    jc = cfg.judge
+    if not jc.enabled:
+        yield None, None
+        return
+    launch = jc.launch.model_copy()
+    # two images per request; guided JSON without free whitespace (a sampled judge otherwise pads
+    # its answer with newlines and runs into max_tokens): unless the job's extra_args say otherwise
+    if not any(a.startswith("--limit-mm-per-prompt") for a in launch.extra_args):
+        launch.extra_args = ["--limit-mm-per-prompt", '{"image": 2}', *launch.extra_args]
+    if not any(a.startswith("--structured-outputs-config") for a in launch.extra_args):
+        launch.extra_args = ["--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}', *launch.extra_args]
+    with served_model("judge server", jc.url, jc.api_key, jc.wait_s, jc.model, launch, log_dir / "judge_server.log",
+                      field="judge", kv_cache_bytes=int(jc.launch.kv_cache_gb * 2**30), on_change=on_change) as got:
+        yield got
+
+
+@contextlib.contextmanager
+def served_model(what: str, url: str | None, api_key: str | None, wait_s: float, served_name: str, launch, log_path: Path,
+                 field: str = "llm", kv_cache_bytes: int | None = 1 << 30, on_change=None):
+    """A model behind an OpenAI-compatible server: waited for and watched when ``url`` is given,
+    else launched from ``launch`` (python, model_dir, port, ...) and restarted when it dies."""
+    if url:
+        name = f"{what} {url} ({field}.url)"
+        wait_for_server(name, url, api_key, wait_s)
+        with ServerWatch(name, lambda: OpenAIServerBackend.answers(url, api_key, timeout_s=5), on_change=on_change) as watch:
+            yield url, watch
         return
 
     def local(p: str) -> str:
         return p if os.path.isabs(p) else str(REPO_ROOT / p)
 
-    py, model_dir = local(llm.launch.python), local(llm.launch.model_dir)
-    for what, p in (("llm.launch.python", py), ("llm.launch.model_dir", model_dir)):
+    py, model_dir = local(launch.python), local(launch.model_dir)
+    for what_field, p in ((f"{field}.launch.python", py), (f"{field}.launch.model_dir", model_dir)):
         if not os.path.exists(p):
-            raise JobError(f"{what}: {p} not found — run deploy/setup_llm_env.sh first, "
-                                    "or set llm.url to a running server")
-    log_dir.mkdir(parents=True, exist_ok=True)
+            raise JobError(f"{what_field}: {p} not found — run deploy/setup_llm_env.sh first, "
+                           f"or set {field}.url to a running server")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    srv = VLLMServer(python=py, model_dir=model_dir, served_name=llm.model,
-                     log_path=str(log_dir / "vllm_server.log"), port=llm.launch.port,
-                     startup_timeout_s=llm.launch.startup_timeout_s, extra_args=llm.launch.extra_args,
-                     max_model_len=llm.launch.max_model_len)
+    srv = VLLMServer(python=py, model_dir=model_dir, served_name=served_name,
+                     log_path=str(log_path), port=launch.port,
+                     startup_timeout_s=launch.startup_timeout_s, extra_args=launch.extra_args,
+                     max_model_len=launch.max_model_len, kv_cache_bytes=kv_cache_bytes)
     with srv:
-        log.info("vLLM server ready at %s in %.0fs (log: %s)", srv.url, time.time() - t0, log_dir / "vllm_server.log")
-        with ServerWatch(f"LLM server {srv.url} (launched by the job)", srv.healthy, server=srv,
-                         restarts=llm.launch.restarts, on_change=on_change) as watch:
+        log.info("%s (vLLM) ready at %s in %.0fs (log: %s)", what, srv.url, time.time() - t0, log_path)
+        with ServerWatch(f"{what} {srv.url} (launched by the job)", srv.healthy, server=srv,
+                         restarts=launch.restarts, on_change=on_change) as watch:
             yield srv.url, watch
 
 
@@ -178,7 +209,7 @@ def add_stages(ds, cfg: JobConfig, tasks: set[str], chain: tuple | None = None):
 
     cfg_dict = cfg.model_dump(mode="json")
     for stage in chain or CHAIN:
-        if not stage.needed(tasks):
+        if not stage.needed(tasks) or not stage.enabled(cfg):
             continue
         res = _res(cfg, stage)
         mem = int(res.memory_gb * 2**30) or None
@@ -268,14 +299,19 @@ def run_job(cfg: JobConfig, out, *, progress: bool = True, chain: tuple | None =
         init_ray(cfg, tasks)
         console.hook_ray()
         _check_fits(cfg, tasks)
-        display, watch = _Display(), None
+        display, watch, jwatch = _Display(), None, None
         try:
-            with llm_service(cfg, log_dir, on_change=display.llm) as (url, watch):
+            with llm_service(cfg, log_dir, on_change=display.llm) as (url, watch), \
+                    judge_service(cfg, log_dir, on_change=display.judge) as (judge_url, jwatch):
                 if url:
                     cfg.llm.url = url
+                if judge_url:
+                    cfg.judge.url = judge_url
                 _quiet_ray_data()
-                if watch is not None:       # the server's health from the first display on
+                if watch is not None:       # the servers' health from the first display on
                     display.post["llm"] = watch.state
+                if jwatch is not None:
+                    display.post["judge"] = jwatch.state
                 calibrated = calibrate(cfg, store, index, pending, tasks, progress, display, console.stream)
                 # the pass that makes the shards: one display, whatever datasets it runs
                 display.bar = bar = _bar(summary["samples_run"], progress, "generate", console.stream)
@@ -289,7 +325,7 @@ def run_job(cfg: JobConfig, out, *, progress: bool = True, chain: tuple | None =
                 passes = []
                 if calibrated:          # samples the calibration pass made: judge them only
                     ds = ray.data.read_parquet(store.path(CALIBRATION_DIR), filesystem=store.fs, schema=None)
-                    passes.append(add_stages(ds, cfg, tasks, chain=(FilterStage,)).map_batches(write_parts, **writer))
+                    passes.append(add_stages(ds, cfg, tasks, chain=(FilterStage, JudgeStage)).map_batches(write_parts, **writer))
                 ds = ray.data.from_items([{"shard": k} for k in pending])
                 ds = ds.map_batches(PlanShards, fn_constructor_kwargs=dict(cfg=cfg.model_dump(mode="json"), index=index,
                                                                            skip=sorted(calibrated), block=_block(cfg)),
@@ -307,7 +343,7 @@ def run_job(cfg: JobConfig, out, *, progress: bool = True, chain: tuple | None =
                 committer.finish()
                 bar.close()
         except Exception as e:
-            _stop_on_world_failure(e, committer, n_sh - len(done), watch)
+            _stop_on_world_failure(e, committer, n_sh - len(done), jwatch if jwatch is not None and jwatch.error else watch)
             raise
     committed_now = set(committer.committed_now)
     missing = {k: v - committer.arrived[k] for k, v in expected.items() if k not in committed_now}
@@ -364,6 +400,9 @@ class _Display:
 
     def llm(self, state: str) -> None:
         self.update(llm=state)
+
+    def judge(self, state: str) -> None:
+        self.update(judge=state)
 
 
 def _check_fits(cfg: JobConfig, tasks: set[str]) -> None:
@@ -462,15 +501,19 @@ def calibrate(cfg: JobConfig, store: Store, index, pending: list[int], tasks: se
     The calibration rows themselves (all candidates) are written by workers under .tmp/calibration,
     and their sample indices returned, so the main pass judges them instead of making them again.
     The driver holds only their scores: at most tasks × calibration_samples rows' worth."""
+    import numpy as np
+
     from filters.config import quantile_threshold
 
-    fc = cfg.filters
-    if not fc.needs_calibration():
+    fc, jc = cfg.filters, cfg.judge
+    if not fc.needs_calibration() and not jc.needs_calibration():
         return set()
     if store.exists("calibration.json"):
         saved = store.read_json("calibration.json")
         if saved.get("config_hash") == cfg.config_hash():
             fc.calibrated = saved["thresholds"]
+            if jc.needs_calibration():
+                jc.calibrated = saved.get("judge_thresholds") or {}
             log.info("quantile thresholds from %s", store.url("calibration.json"))
             return set()
     # the first N live samples of each task, planned shard by shard until every task has its N
@@ -487,8 +530,10 @@ def calibrate(cfg: JobConfig, store: Store, index, pending: list[int], tasks: se
         return set()
     cal = cfg.model_copy(deep=True)
     cal.filters.enabled = False
+    cal.judge.reject = False            # the judge scores the calibration samples, rejects none
     t0 = time.time()
     scores: dict[str, dict[str, list[float]]] = {}
+    judged: dict[str, list[float]] = {}
     log.info("calibrating quantile filter thresholds on the first %d samples (score-only pass)", len(sample))
     bar = _bar(len(sample), progress, "calibrate", stream)
     if display is not None:             # the LLM server's health on this pass's display too
@@ -501,9 +546,12 @@ def calibrate(cfg: JobConfig, store: Store, index, pending: list[int], tasks: se
         got = batch.to_pylist()
         bar.update(len(got))
         for r in got:
+            task = r["final_task"] or r["task"]
+            judge = json.loads(r["judge"]).get("score") if r.get("judge") else None
+            if judge is not None:
+                judged.setdefault(task, []).append(judge)
             if not r["candidates_report"]:
                 continue
-            task = r["final_task"] or r["task"]
             for c in json.loads(r["candidates_report"])["candidates"]:
                 for m, v in c["scores"].items():
                     scores.setdefault(task, {}).setdefault(m, []).append(v)
@@ -513,10 +561,18 @@ def calibrate(cfg: JobConfig, store: Store, index, pending: list[int], tasks: se
             if rule.keep_top is None or not per.get(m):
                 continue
             thresholds.setdefault(task, {})[m] = quantile_threshold(m, per[m], rule.keep_top)
+    judge_thresholds = {}
+    for task, values in judged.items():   # the judge's weighted score: higher is better
+        rule = jc.rule_for(task)
+        if jc.needs_calibration() and rule.keep_top is not None:
+            judge_thresholds[task] = {"min": float(np.quantile(values, 1 - rule.keep_top))}
     counts = {t: len(v) for t, v in per_task.items()}
-    store.write_json("calibration.json", {"config_hash": cfg.config_hash(), "samples": counts, "thresholds": thresholds})
+    store.write_json("calibration.json", {"config_hash": cfg.config_hash(), "samples": counts, "thresholds": thresholds,
+                                          "judge_thresholds": judge_thresholds})
     bar.close()
     fc.calibrated = thresholds
+    if jc.needs_calibration():
+        jc.calibrated = judge_thresholds
     log.info("calibrated quantile thresholds on %s in %.0fs → %s", counts, time.time() - t0, store.url("calibration.json"))
     return {r["sample_index"] for r in sample}
 

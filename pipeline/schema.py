@@ -20,7 +20,9 @@ from datasets import Features, Image, List, Value
 
 # Score columns; a filter may only emit these keys (tests check it), so the schema stays fixed.
 SCORE_FIELDS = ("l1", "clipped_frac", "contrast_ratio", "clip_dir", "clip_img", "clip_out", "dino", "depth_l1", "detector", "task_pred",
-                "change_l1", "change_frac")   # change_*: the minimum-change floor, measured in the edit region
+                "change_l1", "change_frac",   # change_*: the minimum-change floor, measured in the edit region
+                # the VLM judge (pipeline/judge/): weighted score and each rubric criterion, all 0..1
+                "judge", "judge_following", "judge_preservation", "judge_realism", "judge_technical")
 
 FEATURES = Features({
     "id": Value("string"),
@@ -29,7 +31,9 @@ FEATURES = Features({
     "attempt": Value("int32"),
     "task": Value("string"),
     "task_id": Value("int8"),
-    "instruction": Value("string"),
+    "instruction": Value("string"),     # the one the trainer reads: the agent's, or the judge's rewrite (judge.rewrite.train_on)
+    "instruction_agent": Value("string"),     # the instruction agent's, always
+    "instruction_rewrite": Value("string"),   # the judge's, written from the pair itself (null: not asked / unusable)
     "input_caption": Value("string"),
     "output_caption": Value("string"),
     "original_object": Value("string"),
@@ -77,6 +81,8 @@ FEATURES = Features({
         "candidates": Value("string"),  # JSON: every candidate's params, scores and verdict; which was kept
         "planned_task": Value("string"),  # the task the sample was planned as (the id hashes it);
                                           # differs from `task` when the task predictor reassigned it
+        "judge": Value("string"),       # JSON: judge model, prompt version and hash, seed, weights,
+                                        # threshold, criteria, weighted score, rewrite (null: not judged)
     },
 })
 RECORD_SCHEMA: pa.Schema = FEATURES.arrow_schema
@@ -140,6 +146,7 @@ FLOW_SCHEMA = pa.schema([
     ("models", pa.string()),           # JSON role -> model reference, merged by every stage that made
                                        # or judged the row (pipeline/models/provenance.py)
     ("stage_times", pa.string()),      # JSON stage -> [wall_s, cpu_s, gpu_s] (add_stage_time)
+    ("judge", pa.string()),            # JSON: the VLM judge's verdict and rewrite (pipeline/stages/judge.py)
 ])
 
 
@@ -205,6 +212,9 @@ def to_record(row: dict, *, job_name: str, config_hash: str, code_version: str) 
         raise ValueError(f"scores {sorted(unknown)} are not columns of the record schema")
     sid = row["id"]
     accepted = row["status"] != "rejected"
+    judge = json.loads(row["judge"]) if row.get("judge") else {}
+    rewrite = (judge.get("rewrite") or {}).get("instruction")
+    agent_instruction = answer.get("instruction")
     return {
         "id": sid,
         "sample_index": row["sample_index"],
@@ -212,7 +222,9 @@ def to_record(row: dict, *, job_name: str, config_hash: str, code_version: str) 
         "attempt": row["attempt"],
         "task": row.get("final_task") or row["task"],
         "task_id": TASK_IDS.get(row.get("final_task") or row["task"], -1),
-        "instruction": answer.get("instruction"),
+        "instruction": rewrite if rewrite and judge.get("train_on") == "rewrite" else agent_instruction,
+        "instruction_agent": agent_instruction,
+        "instruction_rewrite": rewrite,
         "input_caption": row["caption"],
         "output_caption": answer.get("output_caption"),
         "original_object": answer.get("original_object"),
@@ -253,6 +265,7 @@ def to_record(row: dict, *, job_name: str, config_hash: str, code_version: str) 
             "grounding": row.get("grounding"),
             "candidates": row.get("candidates_report"),
             "planned_task": row["task"],
+            "judge": row.get("judge"),
         },
     }
 

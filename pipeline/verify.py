@@ -4,7 +4,9 @@ Checks: manifest present and complete; every committed file exists with its sha2
 every file's schema equals the record schema (including the datasets feature metadata); per-task
 counts and statuses match the commit record; ids recompute from (job seed, source id, planned task,
 attempt); each shard's rows have distinct sample indices, all inside the shard; stage times
-(cost accounting) are finite, non-negative and name each stage once; no stray files.
+(cost accounting) are finite, non-negative and name each stage once; no stray files; every row the
+VLM judge rated carries its model, prompt version and every rubric score in 0..1, and its
+`instruction` is one of the two it keeps (the agent's or the judge's rewrite).
 candidates/ (output.keep_candidates: all) gets the same file checks against CANDIDATE_SCHEMA, and
 each candidate row names a distinct (sample, candidate) of its shard, never the kept one.
 
@@ -26,7 +28,9 @@ import yaml
 from pipeline.schema import CANDIDATE_SCHEMA, RECORD_SCHEMA, sample_id
 from pipeline.shards import Manifest, as_store, commit_name, sha256_file, shard_name
 
-COLUMNS = ["id", "source_id", "task", "attempt", "status", "sample_index", "provenance.planned_task", "stage_times"]
+COLUMNS = ["id", "source_id", "task", "attempt", "status", "sample_index", "provenance.planned_task", "stage_times",
+           "provenance.judge", "scores", "instruction", "instruction_agent", "instruction_rewrite"]
+JUDGE_SCORES = ("judge", "judge_following", "judge_preservation", "judge_realism", "judge_technical")
 
 
 def _as_read_back(schema):
@@ -176,7 +180,7 @@ def _check_file(store, f: dict, sub: str, seed, expected_schema, tasks: Counter,
                 problems.append(f"{path}: schema differs from the record schema")
             if pf.metadata.num_rows != f["rows"]:
                 problems.append(f"{path}: {pf.metadata.num_rows} rows, manifest says {f['rows']}")
-            bad_status, bad_id, bad_time = [], [], []   # (count, first example): one line per file, not per row
+            bad_status, bad_id, bad_time, bad_judge = [], [], [], []   # (count, first example): one line per file, not per row
             for batch in pf.iter_batches(batch_size=1024, columns=COLUMNS):
                 for r in batch.to_pylist():
                     planned = (r["provenance"] or {}).get("planned_task") or r["task"]   # reassigned samples
@@ -189,9 +193,33 @@ def _check_file(store, f: dict, sub: str, seed, expected_schema, tasks: Counter,
                     why = _stage_times_problem(r.get("stage_times") or [])
                     if why:
                         bad_time.append(f"row {r['id']} stage_times: {why}")
-            for bad in (bad_status, bad_id, bad_time):
+                    why = _judge_problem(r)
+                    if why:
+                        bad_judge.append(f"row {r['id']}: {why}")
+            for bad in (bad_status, bad_id, bad_time, bad_judge):
                 if bad:
                     problems.append(f"{path}: {bad[0]}" + (f" (and {len(bad) - 1} more rows)" if len(bad) > 1 else ""))
     except Exception as ex:  # corrupt parquet of any kind is a finding, not a crash
         problems.append(f"{path}: unreadable: {type(ex).__name__}: {ex}")
     return problems
+
+
+def _judge_problem(r: dict) -> str | None:
+    """What is wrong with a row's judge record, or None (also for rows the judge never saw)."""
+    import json
+    raw = (r["provenance"] or {}).get("judge")
+    if raw is None:
+        return None
+    try:
+        j = json.loads(raw)
+    except ValueError:
+        return "provenance.judge is not JSON"
+    if not j.get("model") or not j.get("prompt_version"):
+        return "provenance.judge lacks the judge model or its prompt version"
+    if r["instruction"] not in (r["instruction_agent"], r["instruction_rewrite"]):
+        return "instruction is neither the agent's nor the judge's rewrite"
+    if "score" not in j:             # the judge gave no usable answer: only a reject may say so
+        return None if r["status"] == "rejected" else "accepted without a judge score"
+    scores = r["scores"] or {}
+    bad = [k for k in JUDGE_SCORES if scores.get(k) is None or not 0 <= scores[k] <= 1]
+    return f"judge scores missing or outside 0..1: {bad}" if bad else None

@@ -41,6 +41,10 @@ class DataConfig(_Strict):
     shards: list[str] = Field(default_factory=list, description="job output folders (their data/part-*.parquet "
                               "listed in manifest.json) or parquet files; `--shards` on the command line sets it")
     tasks: list[str] | None = Field(None, description="train only on these tasks (the `task` column); null = all")
+    instruction_column: Literal["instruction", "instruction_agent", "instruction_rewrite"] = Field(
+        "instruction", description="the column the model learns its instruction from: `instruction` (the one the "
+        "job chose with judge.rewrite.train_on), `instruction_agent` (the LLM agent's) or `instruction_rewrite` "
+        "(the VLM judge's, written from the pair; rows without one are skipped as no_instruction)")
     holdout_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="fraction of rows held out for "
                                     "`pairforge eval`, chosen by a hash of the row id (stable across runs)")
     shuffle_buffer: int = Field(256, ge=1, description="rows shuffled together while streaming")

@@ -95,6 +95,9 @@ class PairStream:
     shuffle_buffer: int = 256
     seed: int = 0
     skipped: Counter = field(default_factory=Counter)
+    # the column whose text becomes the sample's instruction (data.instruction_column): the job's
+    # choice (`instruction`), the agent's or the judge's rewrite
+    instruction_column: str = "instruction"
 
     def __post_init__(self):
         self.files = shard_files(self.sources)
@@ -112,10 +115,18 @@ class PairStream:
         for f in files or self.files:
             pf = pq.ParquetFile(f)
             cols = [c for c in COLUMNS if c in pf.schema_arrow.names]
+            ins = self.instruction_column
+            if ins != "instruction":
+                if ins not in pf.schema_arrow.names:
+                    raise ValueError(f"data.instruction_column: {f} has no column {ins!r} (shards written "
+                                     "before the judge have only `instruction`)")
+                cols.append(ins)
             for batch in pf.iter_batches(batch_size=64, columns=cols):
                 for row in batch.to_pylist():
                     if not self._keep(row):
                         continue
+                    if ins != "instruction":
+                        row["instruction"] = row.pop(ins)
                     if self.max_examples is not None and n >= self.max_examples:
                         return
                     n += 1

@@ -123,7 +123,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, invert_task: str | None = N
         params = [p for p in net.parameters() if p.requires_grad]
     # inversion: the examples of the new task are the rows given (data.tasks / data.max_examples)
     stream = PairStream(cfg.data.shards, "train", cfg.data.tasks, cfg.data.holdout_fraction, cfg.data.max_examples,
-                        cfg.data.shuffle_buffer, cfg.seed)
+                        cfg.data.shuffle_buffer, cfg.seed, instruction_column=cfg.data.instruction_column)
     known = set(em.net.tasks.names)
     unknown = set(cfg.data.tasks or []) - known
     if unknown and not invert_task:
@@ -166,7 +166,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, invert_task: str | None = N
     data = batches(samples, cfg.optim.batch_size)
 
     probe_stream = PairStream(cfg.data.shards, "train", stream.tasks, cfg.data.holdout_fraction,
-                              cfg.data.max_examples, cfg.data.shuffle_buffer, cfg.seed)
+                              cfg.data.max_examples, cfg.data.shuffle_buffer, cfg.seed,
+                              instruction_column=cfg.data.instruction_column)
     probe_batches = batches(probe_stream.samples(cfg.model.resolution), cfg.optim.batch_size)
     probe = [(b, _ids(em, b, invert_task)) for b in (next(probe_batches) for _ in range(FIXED_BATCHES))]
     summary = {"start_step": step, "probe_loss_before": probe_loss(em, net, probe, cfg.seed),

@@ -5,6 +5,7 @@ from pipeline.stages.diffusion import DiffusionBaseStage, DiffusionEditStage
 from pipeline.stages.filter import FilterStage
 from pipeline.stages.ground import GroundStage
 from pipeline.stages.instruct import InstructStage
+from pipeline.stages.judge import JudgeStage
 from pipeline.stages.load import LoadStage
 from pipeline.stages.pair import CpuPairStage
 from pipeline.stages.text import TextStage
@@ -12,6 +13,6 @@ from pipeline.stages.translate import TranslateStage
 
 # Order of the chain; the runner builds one actor pool per entry.
 CHAIN = (LoadStage, InstructStage, DiffusionBaseStage, GroundStage, TextStage, TranslateStage, DiffusionEditStage,
-         CpuPairStage, FilterStage)
+         CpuPairStage, FilterStage, JudgeStage)
 
-__all__ = ["Stage", "LoadStage", "InstructStage", "DiffusionBaseStage", "GroundStage", "DiffusionEditStage", "CpuPairStage", "TextStage", "TranslateStage", "FilterStage", "CHAIN"]
+__all__ = ["Stage", "LoadStage", "InstructStage", "DiffusionBaseStage", "GroundStage", "DiffusionEditStage", "CpuPairStage", "TextStage", "TranslateStage", "FilterStage", "JudgeStage", "CHAIN"]

@@ -48,6 +48,11 @@ class Stage:
         that serves only some tasks says no for the others, so it loads no models for nothing)."""
         return True
 
+    @classmethod
+    def enabled(cls, cfg: JobConfig) -> bool:
+        """Whether the job's config runs this stage at all (an optional stage, e.g. the judge)."""
+        return True
+
     def wants(self, row: dict) -> bool:
         return True
 
