@@ -28,7 +28,6 @@ turn, keep the previous turn's pixel where the low-pass-filtered L1 change over 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
