@@ -173,8 +173,11 @@ class EmuEditPipeline(DiffusionPipeline):
     def predict_task(self, instruction: str) -> str:
         """The task predictor's most likely task among those this model has an embedding for."""
         if self.task_predictor is None:
-            try:       # pairforge's own predictor, when pairforge is installed (optional here)
-                from filters.task_predictor import load_task_predictor
+            # pairforge's own predictor, when pairforge is installed. Imported by name: diffusers
+            # scans a remote-code file's import statements and refuses to load it when one is missing
+            import importlib
+            try:
+                load_task_predictor = importlib.import_module("filters.task_predictor").load_task_predictor
             except ImportError:
                 load_task_predictor = None
             if load_task_predictor is None:
