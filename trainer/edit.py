@@ -1,131 +1,109 @@
-"""Editing with a trained checkpoint: task prediction, classifier-free guidance on image and text,
-and sequential-edit thresholding for multi-turn edits.
-
-Guidance (InstructPix2Pix's two-condition form, the paper's scales γ_I = 1.5, γ_T = 5.0):
-    ε = ε(∅, ∅) + γ_I · (ε(image, ∅) − ε(∅, ∅)) + γ_T · (ε(image, text) − ε(image, ∅))
-"∅ image" is a zero latent and "∅ text" the empty instruction, as the conditioning dropout of
-training made them. The task vector conditions all three branches: it says which kind of edit,
-the guidance says how strongly to follow the image and the words.
-
-Sequential-edit thresholding (paper Eq. 4): after each turn, keep the previous turn's pixel where
-the low-pass-filtered L1 change over RGB (images in [0, 1]) is below α = 0.03; take the new pixel
-elsewhere. Small reconstruction drift stops piling up turn after turn; real edits go through.
+"""``pairforge edit`` / ``pairforge eval``'s way into a trained checkpoint: a thin wrapper around
+``EmuEditPipeline`` (trainer/pipeline_emu_edit.py), which holds the one implementation of task
+prediction, three-branch guidance and sequential-edit thresholding. What this adds is pairforge's
+bookkeeping: bad inputs become counted ``SampleReject``s, seeds become generators, and the
+checkpoint's ``trainer.json`` is at hand for eval.
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline.diffusion.sampler import pixels_to_unit, to_uint8
 from tasks import SampleReject
-from trainer.model import EditModel, load_edit_model
+from trainer.model import EditModel
+from trainer.pipeline_emu_edit import DEFAULT_TASK_PREDICTOR, EmuEditPipeline, threshold_edit
 
 log = logging.getLogger("pairforge.edit")
-DEFAULT_PREDICTOR = "filters/data/task_predictor_minilm_ft.safetensors"   # .npz: the older logreg
+DEFAULT_PREDICTOR = DEFAULT_TASK_PREDICTOR        # .npz: the older logreg
+
+__all__ = ["Editor", "load_pipeline", "threshold_edit", "DEFAULT_PREDICTOR"]
 
 
-def threshold_edit(previous: np.ndarray, edited: np.ndarray, alpha: float = 0.03, sigma: float = 1.0) -> np.ndarray:
-    """Per pixel: ``previous`` where the smoothed change is below ``alpha``, else ``edited``.
+def load_pipeline(checkpoint: str | Path, device: str = "cpu") -> EmuEditPipeline:
+    """A checkpoint folder as the pipeline, with pairforge's own classes (no dynamic module; also
+    reads checkpoints saved before they were pipeline folders)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel
 
-    The change is the L1 norm over RGB of the difference (values in [0, 1], so 0…3); ``sigma`` is
-    the Gaussian low-pass in pixels (0 = none), which softens the seam between kept and new."""
-    import cv2
+    from trainer.model import _load_task_embedding, is_trainer_checkpoint
 
-    if previous.shape != edited.shape or previous.ndim != 3 or previous.shape[2] != 3:
-        raise ValueError(f"threshold_edit: images must be HxWx3 of one shape, got {previous.shape} and {edited.shape}")
-    d = np.abs(edited.astype(np.float32) - previous.astype(np.float32)).sum(axis=2) / 255.0
-    if sigma > 0:
-        d = cv2.GaussianBlur(d, (0, 0), sigma)
-    keep = d < alpha
-    return np.where(keep[..., None], previous, edited)
-
-
-def _working_size(h: int, w: int, resolution: int, multiple: int) -> tuple[int, int]:
-    """The long side at the training resolution, both sides multiples of what the model needs."""
-    s = resolution / max(h, w)
-    return (max(multiple, round(h * s / multiple) * multiple), max(multiple, round(w * s / multiple) * multiple))
+    path = Path(checkpoint)
+    if not is_trainer_checkpoint(path):
+        raise FileNotFoundError(f"{path}: not a checkpoint of `pairforge train` (no task_embedding/)")
+    # assembled from the components with this code's classes: from_pretrained would run the copy of
+    # pipeline_emu_edit.py saved in the folder, which may be older than the code that calls it
+    index = json.loads((path / "model_index.json").read_text()) if (path / "model_index.json").exists() else {}
+    meta = json.loads((path / "trainer.json").read_text()) if (path / "trainer.json").exists() else {}
+    resolution = (index.get("resolution") or ((meta.get("config") or {}).get("model") or {}).get("resolution")
+                  or 512)
+    return EmuEditPipeline(vae=AutoencoderKL.from_pretrained(path / "vae"),
+                           text_encoder=CLIPTextModel.from_pretrained(path / "text_encoder"),
+                           tokenizer=AutoTokenizer.from_pretrained(path / "tokenizer"),
+                           unet=UNet2DConditionModel.from_pretrained(path / "unet"),
+                           scheduler=DDIMScheduler.from_pretrained(path / "scheduler"),
+                           task_embedding=_load_task_embedding(path / "task_embedding"),
+                           resolution=resolution).to(device)
 
 
 class Editor:
-    """A checkpoint loaded once; ``edit`` one turn, ``edit_turns`` several with thresholding."""
+    """A checkpoint loaded once as the pipeline; ``edit`` one turn, ``edit_turns`` several."""
 
     def __init__(self, checkpoint: str | Path | EditModel, device: str = "cpu",
                  task_predictor: str | None = DEFAULT_PREDICTOR, resolution: int | None = None):
-        self.model = checkpoint if isinstance(checkpoint, EditModel) else load_edit_model(checkpoint, device)
-        self.model.net.eval()
-        cfg = self.model.meta.get("config") or {}
-        self.resolution = resolution or (cfg.get("model") or {}).get("resolution") or 512
+        if isinstance(checkpoint, EditModel):
+            self.pipe, self.meta = checkpoint.pipeline(), checkpoint.meta
+        else:
+            self.pipe = load_pipeline(checkpoint, device)
+            p = Path(checkpoint) / "trainer.json"
+            self.meta = json.loads(p.read_text()) if p.exists() else {}
+        if resolution:
+            self.pipe.register_to_config(resolution=resolution)
+        self.pipe.set_progress_bar_config(disable=True)
         self._predictor_path = task_predictor
-        self._predictor = None
 
     @property
     def tasks(self) -> list[str]:
-        return self.model.net.tasks.names
+        return self.pipe.tasks
 
     def predict_task(self, instruction: str) -> str:
-        """The task predictor's most likely task among those this model has an embedding for."""
-        if self._predictor is None:
+        if self.pipe.task_predictor is None:
             if not self._predictor_path:
                 raise ValueError("no task given and no task predictor configured; pass --task")
             from filters.task_predictor import load_task_predictor
-            self._predictor = load_task_predictor(self._predictor_path)
-        proba, names = self._predictor.predict_proba([instruction])
-        ranked = sorted(((p, n) for p, n in zip(proba[0], names) if n in self.tasks), reverse=True)
-        if not ranked:
-            raise ValueError("the task predictor knows none of this model's tasks")
-        return ranked[0][1]
+            self.pipe.task_predictor = load_task_predictor(self._predictor_path)
+        return self.pipe.predict_task(instruction)
 
-    @torch.no_grad()
-    def edit(self, image: np.ndarray, instruction: str, task: str | None = None, *, steps: int = 50,
-             image_guidance: float = 1.5, text_guidance: float = 5.0, seed: int = 0) -> tuple[np.ndarray, str]:
-        """One edit. Returns the edited image (same size as ``image``) and the task used."""
-        import cv2
-
-        # 1. check inputs
+    @staticmethod
+    def _check(image, instruction: str) -> None:
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise SampleReject("bad_input_image", f"want HxWx3 uint8, got {getattr(image, 'shape', None)}")
         if not (instruction or "").strip():
             raise SampleReject("no_instruction")
-        if steps < 1:
-            raise ValueError(f"steps must be ≥ 1, got {steps}")
-        m = self.model
-        task = task or self.predict_task(instruction)
-        task_id = torch.tensor([m.net.tasks.id_of(task)] * 3, device=m.device)
-        # 2. the input at the working size, encoded
-        h, w = image.shape[:2]
-        wh, ww = _working_size(h, w, self.resolution, m.pixel_multiple)
-        x = cv2.resize(image, (ww, wh), interpolation=cv2.INTER_AREA)
-        img_lat = m.encode_images(pixels_to_unit(x)[None])
-        image_branches = torch.cat([img_lat, img_lat, torch.zeros_like(img_lat)])
-        text_branches = m.encode_text([instruction, "", ""])           # (image,text) (image,∅) (∅,∅)
-        # 3. DDIM from noise with two-condition guidance
-        sched = m.scheduler
-        sched.set_timesteps(steps, device=m.device)
-        g = torch.Generator().manual_seed(seed)
-        lat = torch.randn(img_lat.shape, generator=g).to(m.device) * sched.init_noise_sigma
-        for t in sched.timesteps:
-            inp = sched.scale_model_input(torch.cat([lat] * 3), t)
-            full, img_only, uncond = m.net(inp, image_branches, t.expand(3), text_branches, task_ids=task_id).chunk(3)
-            pred = uncond + image_guidance * (img_only - uncond) + text_guidance * (full - img_only)
-            lat = sched.step(pred, t, lat).prev_sample
-        # 4. decode at the input's size
-        y = to_uint8(m.decode(lat))[0]
-        return cv2.resize(y, (w, h), interpolation=cv2.INTER_CUBIC), task
+
+    def _kw(self, steps: int, image_guidance: float, text_guidance: float, seed: int) -> dict:
+        return dict(num_inference_steps=steps, image_guidance_scale=image_guidance, guidance_scale=text_guidance,
+                    generator=torch.Generator().manual_seed(seed), output_type="np")
+
+    def edit(self, image: np.ndarray, instruction: str, task: str | None = None, *, steps: int = 50,
+             image_guidance: float = 1.5, text_guidance: float = 5.0, seed: int = 0) -> tuple[np.ndarray, str]:
+        """One edit: the pipeline with a CPU generator seeded ``seed``. Returns (image, task used)."""
+        self._check(image, instruction)
+        out = self.pipe(image, instruction, task or self.predict_task(instruction),
+                        **self._kw(steps, image_guidance, text_guidance, seed))
+        return out.images[0], out.tasks[0]
 
     def edit_turns(self, image: np.ndarray, instructions: list[str], tasks: list[str | None] | None = None, *,
-                   alpha: float = 0.03, sigma: float = 1.0, **kw) -> list[tuple[np.ndarray, str]]:
-        """Multi-turn editing: each turn edits the previous result, then thresholding (α = 0 turns
-        it off) keeps the previous pixel wherever the change is too small to be an edit."""
-        tasks = tasks or [None] * len(instructions)
-        seed = kw.pop("seed", 0)
-        cur, out = image, []
-        for i, (ins, task) in enumerate(zip(instructions, tasks)):
-            new, used = self.edit(cur, ins, task, seed=seed + i, **kw)
-            if alpha > 0:
-                new = threshold_edit(cur, new, alpha, sigma)
-            out.append((new, used))
-            cur = new
-        return out
+                   alpha: float = 0.03, sigma: float = 1.0, steps: int = 50, image_guidance: float = 1.5,
+                   text_guidance: float = 5.0, seed: int = 0) -> list[tuple[np.ndarray, str]]:
+        """Multi-turn editing through ``EmuEditPipeline.edit_turns`` (one generator seeded ``seed``
+        for all turns, so turn 1 equals ``edit`` with the same seed)."""
+        for ins in instructions:
+            self._check(image, ins)
+        tasks = [t or self.predict_task(ins) for t, ins in zip(tasks or [None] * len(instructions), instructions)]
+        out = self.pipe.edit_turns(image, instructions, tasks, alpha=alpha, sigma=sigma,
+                                   **self._kw(steps, image_guidance, text_guidance, seed))
+        return list(zip(out.images, out.tasks))

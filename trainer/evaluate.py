@@ -44,7 +44,7 @@ def evaluate(checkpoint: str | Path, shards: list[str], *, limit: int | None = 5
     if task_source not in ("row", "predicted"):
         raise ValueError(f"task_source must be row or predicted, got {task_source!r}")
     editor = editor or Editor(checkpoint, device)
-    train_cfg = editor.model.meta.get("config") or {}
+    train_cfg = editor.meta.get("config") or {}
     if holdout_fraction is None:
         holdout_fraction = (train_cfg.get("data") or {}).get("holdout_fraction", 0.05)
     stream = PairStream(shards, "heldout", tasks, holdout_fraction, limit)

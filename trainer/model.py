@@ -7,12 +7,17 @@
   timestep        the task vector is added to the timestep embedding (``class_embed_type="identity"``)
 
 The task embedding lives OUTSIDE the UNet (``TaskEmbedding``): task inversion optimises one new
-vector while the UNet and the text encoder stay bit-for-bit what they were.
+vector while the UNet and the text encoder stay bit-for-bit what they were. The embedding and the
+forward pass under a task are defined once, in ``trainer/pipeline_emu_edit.py`` (the diffusers
+pipeline users load), and used here for training.
 
-Checkpoint layout (diffusers format, one folder):
-  unet/ vae/ text_encoder/ tokenizer/ scheduler/   ``save_pretrained`` of each component
-  task_embedding/model.safetensors + tasks.json     the table, the token projection, name → id
-  trainer.json                                      step, prediction type, the resolved config
+Checkpoint layout: a diffusers pipeline folder that ``EmuEditPipeline.from_pretrained`` and
+``DiffusionPipeline.from_pretrained`` load without pairforge:
+  model_index.json, pipeline_emu_edit.py             the pipeline (and its code, for custom_pipeline)
+  unet/ vae/ text_encoder/ tokenizer/ scheduler/      ``save_pretrained`` of each component
+  task_embedding/                                     TaskEmbedding: config (task names) + safetensors
+  trainer.json                                        step, the resolved config, the data consumed
+  README.md                                           model card (tasks, data, recipe, eval numbers)
 """
 from __future__ import annotations
 
@@ -25,41 +30,9 @@ import torch
 from torch import nn
 
 from tasks import TASK_NAMES
+from trainer.pipeline_emu_edit import EmuEditPipeline, TaskEmbedding, task_conditioned_noise
 
 LATENT_CHANNELS = 4
-
-
-class TaskEmbedding(nn.Module):
-    """One learned vector per task (added to the timestep embedding) and its projection to one
-    cross-attention token."""
-
-    def __init__(self, names: list[str], time_dim: int, cross_dim: int):
-        super().__init__()
-        self.names = list(names)
-        self.table = nn.Embedding(len(self.names), time_dim)
-        nn.init.normal_(self.table.weight, std=0.02)   # small: a fresh table barely moves a pretrained UNet
-        self.to_token = nn.Linear(time_dim, cross_dim)
-
-    @property
-    def ids(self) -> dict[str, int]:
-        return {n: i for i, n in enumerate(self.names)}
-
-    def id_of(self, name: str) -> int:
-        if name not in self.names:
-            raise KeyError(f"task {name!r} has no embedding in this model; known: {', '.join(self.names)}")
-        return self.names.index(name)
-
-    def add_task(self, name: str, vector: torch.Tensor) -> int:
-        """Append a row (task inversion's result); the existing rows are copied unchanged."""
-        if name in self.names:
-            raise ValueError(f"task {name!r} already has an embedding")
-        old = self.table.weight.data
-        table = nn.Embedding(old.shape[0] + 1, old.shape[1]).to(old)
-        table.weight.data[:-1] = old
-        table.weight.data[-1] = vector.detach().to(old)
-        self.table = table
-        self.names.append(name)
-        return len(self.names) - 1
 
 
 class TaskConditionedUNet(nn.Module):
@@ -72,11 +45,8 @@ class TaskConditionedUNet(nn.Module):
     def forward(self, noisy: torch.Tensor, image_latents: torch.Tensor, timesteps: torch.Tensor,
                 text_states: torch.Tensor, task_ids: torch.Tensor | None = None,
                 task_vectors: torch.Tensor | None = None) -> torch.Tensor:
-        vec = self.tasks.table(task_ids) if task_vectors is None else task_vectors
-        token = self.tasks.to_token(vec).unsqueeze(1).to(text_states.dtype)
-        states = torch.cat([text_states, token], dim=1)
-        x = torch.cat([noisy, image_latents], dim=1)
-        return self.unet(x, timesteps, encoder_hidden_states=states, class_labels=vec).sample
+        return task_conditioned_noise(self.unet, self.tasks, noisy, image_latents, timesteps, text_states,
+                                      task_ids=task_ids, task_vectors=task_vectors)
 
 
 def editing_unet_from_text_to_image(t2i_unet):
@@ -101,7 +71,8 @@ def time_embed_dim(unet) -> int:
 
 
 def is_trainer_checkpoint(path: str | Path) -> bool:
-    return (Path(path) / "task_embedding" / "tasks.json").exists()
+    te = Path(path) / "task_embedding"
+    return (te / "config.json").exists() or (te / "tasks.json").exists()     # tasks.json: before pipelines
 
 
 @dataclass
@@ -151,24 +122,23 @@ class EditModel:
         return self
 
     # -- checkpoint ----------------------------------------------------------------------------
+    def pipeline(self) -> EmuEditPipeline:
+        """This model as the diffusers pipeline (the same module objects, nothing copied)."""
+        cfg = self.meta.get("config") or {}
+        resolution = (cfg.get("model") or {}).get("resolution") or 512
+        return EmuEditPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+                               unet=self.net.unet, scheduler=self.scheduler, task_embedding=self.net.tasks,
+                               resolution=resolution)
+
     def save(self, path: str | Path, **meta) -> Path:
-        from safetensors.torch import save_file
+        """The pipeline's ``save_pretrained`` (safetensors), ``trainer.json`` and the model card."""
+        from trainer.model_card import write_model_card
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.net.unet.save_pretrained(path / "unet")
-        self.vae.save_pretrained(path / "vae")
-        self.text_encoder.save_pretrained(path / "text_encoder")
-        self.tokenizer.save_pretrained(path / "tokenizer")
-        self.scheduler.save_pretrained(path / "scheduler")
-        te = path / "task_embedding"
-        te.mkdir(exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.net.tasks.state_dict().items()},
-                  te / "model.safetensors")
-        (te / "tasks.json").write_text(json.dumps({
-            "names": self.net.tasks.names, "time_dim": self.net.tasks.table.weight.shape[1],
-            "cross_dim": self.net.tasks.to_token.out_features}, indent=1))
+        self.pipeline().save_pretrained(path)
         (path / "trainer.json").write_text(json.dumps({**self.meta, **meta}, indent=1, default=str))
+        write_model_card(path)
         return path
 
 
@@ -221,17 +191,25 @@ def build_edit_model(cfg) -> EditModel:
     return EditModel(TaskConditionedUNet(unet, tasks), vae, text_encoder, tok, scheduler, meta)
 
 
+def _load_task_embedding(folder: Path) -> TaskEmbedding:
+    if (folder / "config.json").exists():
+        return TaskEmbedding.from_pretrained(folder)
+    from safetensors.torch import load_file      # checkpoints saved before the pipeline: tasks.json + weights
+    info = json.loads((folder / "tasks.json").read_text())
+    tasks = TaskEmbedding(info["names"], info["time_dim"], info["cross_dim"])
+    tasks.load_state_dict(load_file(folder / "model.safetensors"))
+    return tasks
+
+
 def load_edit_model(path: str | Path, device: str = "cpu") -> EditModel:
+    """A checkpoint as trainable modules (pairforge's own classes; users load the pipeline instead)."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from safetensors.torch import load_file
     from transformers import AutoTokenizer, CLIPTextModel
 
     path = Path(path)
     if not is_trainer_checkpoint(path):
-        raise FileNotFoundError(f"{path}: not a checkpoint of `pairforge train` (no task_embedding/tasks.json)")
-    info = json.loads((path / "task_embedding" / "tasks.json").read_text())
-    tasks = TaskEmbedding(info["names"], info["time_dim"], info["cross_dim"])
-    tasks.load_state_dict(load_file(path / "task_embedding" / "model.safetensors"))
+        raise FileNotFoundError(f"{path}: not a checkpoint of `pairforge train` (no task_embedding/)")
+    tasks = _load_task_embedding(path / "task_embedding")
     unet = UNet2DConditionModel.from_pretrained(path / "unet")
     vae = AutoencoderKL.from_pretrained(path / "vae").requires_grad_(False).eval()
     te = CLIPTextModel.from_pretrained(path / "text_encoder").requires_grad_(False).eval()

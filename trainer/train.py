@@ -6,7 +6,8 @@ new task vector with everything else frozen.
   3. each step: encode both images (frozen VAE) and the instruction (frozen text encoder), noise the
      output latent at a random timestep, drop instruction / input image at random for classifier-
      free guidance, predict noise (or v), MSE
-  4. log to TensorBoard with a progress bar; save resumable checkpoints in the diffusers layout
+  4. log to TensorBoard with a progress bar; save resumable checkpoints as diffusers pipeline folders
+     (EmuEditPipeline, model_index.json, model card)
 
 One loop serves every scale: ``accelerate launch -m pipeline.cli train ...`` on several GPUs,
 ``train_ray`` (Ray Train ``TorchTrainer``) on several nodes — Ray Train sets up the process group
@@ -31,6 +32,7 @@ from torch import nn
 from trainer.config import TrainConfig
 from trainer.data import PairStream, batches
 from trainer.model import EditModel, build_edit_model, load_edit_model
+from trainer.model_card import describe_data
 
 log = logging.getLogger("pairforge.train")
 FIXED_BATCHES = 2          # batches of the fixed loss probe (before/after numbers in the summary)
@@ -173,6 +175,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, invert_task: str | None = N
     summary = {"start_step": step, "probe_loss_before": probe_loss(em, net, probe, cfg.seed),
                "rows_without_task_embedding": orphans}
 
+    # what the model card reports about the data: read once, by the process that writes checkpoints
+    meta = {"world": world, "data": describe_data(stream, cfg.data.tasks)} if acc.is_main_process else {}
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.yaml").write_text(cfg.resolved_yaml())
@@ -207,7 +211,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, invert_task: str | None = N
         if step % cfg.log_every == 0:
             acc.log({"loss": mean_loss, "lr": lr_sched.get_last_lr()[0]}, step=step)
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.optim.max_steps and not invert_task:
-            save_checkpoint(acc, em, net, ema, cfg, out / f"checkpoint-{step}", step, stream)
+            save_checkpoint(acc, em, net, ema, cfg, out / f"checkpoint-{step}", step, stream, meta)
     bar.close()
 
     # 4. final model
@@ -221,9 +225,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, invert_task: str | None = N
         vector = acc.unwrap_model(net).vector.detach()
         em.net.tasks.add_task(invert_task, vector)
         if acc.is_main_process:
-            em.save(out / "final", step=step, inverted_task=invert_task, config=cfg.model_dump(mode="json"))
+            em.save(out / "final", step=step, inverted_task=invert_task, config=cfg.model_dump(mode="json"), **meta)
     else:
-        save_checkpoint(acc, em, net, ema, cfg, out / f"checkpoint-{step}", step, stream, final=True)
+        save_checkpoint(acc, em, net, ema, cfg, out / f"checkpoint-{step}", step, stream, meta, final=True)
     summary["checkpoint"] = str(out / "final")
     acc.end_training()
     if acc.is_main_process:
@@ -255,8 +259,9 @@ def _ids(em: EditModel, batch: dict, invert_task: str | None) -> torch.Tensor:
 
 
 def save_checkpoint(acc, em: EditModel, net, ema, cfg: TrainConfig, path: Path, step: int, stream: PairStream,
-                    final: bool = False) -> None:
-    """``path``: the model in the diffusers layout (EMA weights when EMA is on) + ``train_state/``
+                    meta: dict, final: bool = False) -> None:
+    """``path``: the model as a diffusers pipeline folder with its model card (EMA weights when EMA
+    is on; ``meta``: data and world size for the card) + ``train_state/``
     (raw weights, optimizer, schedule, EMA) to resume from. The final one is also copied to ``final``."""
     positions = acc.gather(torch.tensor([stream.position], device=acc.device)).tolist()
     if acc.is_main_process:
@@ -267,7 +272,7 @@ def save_checkpoint(acc, em: EditModel, net, ema, cfg: TrainConfig, path: Path, 
         if ema is not None:
             ema.store(unwrapped.parameters())
             ema.copy_to(unwrapped.parameters())
-        em.save(path, step=step, ema=ema is not None, config=cfg.model_dump(mode="json"))
+        em.save(path, step=step, ema=ema is not None, config=cfg.model_dump(mode="json"), **meta)
         if ema is not None:
             ema.restore(unwrapped.parameters())
         old = sorted(path.parent.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
