@@ -377,6 +377,8 @@ def test_checkpoint_loads_as_a_diffusers_pipeline_in_a_fresh_process(trained, tm
     for ck in (final, out / "checkpoint-12", out / "checkpoint-24"):
         index = json.loads((ck / "model_index.json").read_text())
         assert index["_class_name"] == ["pipeline_emu_edit", "EmuEditPipeline"], ck
+        # it edits at the resolution it was trained at (a 32-px model run at 512 px is slow and wrong)
+        assert index["resolution"] == json.loads((ck / "trainer.json").read_text())["config"]["model"]["resolution"], ck
         assert (ck / "pipeline_emu_edit.py").exists() and (ck / "README.md").exists()
         # safetensors only (train_state/ is accelerate's resume state, not the model)
         assert not [p for p in ck.glob("*/*.bin") if p.parent.name != "train_state"], ck

@@ -122,9 +122,10 @@ class EditModel:
         return self
 
     # -- checkpoint ----------------------------------------------------------------------------
-    def pipeline(self) -> EmuEditPipeline:
-        """This model as the diffusers pipeline (the same module objects, nothing copied)."""
-        cfg = self.meta.get("config") or {}
+    def pipeline(self, meta: dict | None = None) -> EmuEditPipeline:
+        """This model as the diffusers pipeline (the same module objects, nothing copied). Its
+        working resolution is the training one (``meta``: what ``save`` is about to record)."""
+        cfg = ({**self.meta, **(meta or {})}).get("config") or {}
         resolution = (cfg.get("model") or {}).get("resolution") or 512
         return EmuEditPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
                                unet=self.net.unet, scheduler=self.scheduler, task_embedding=self.net.tasks,
@@ -136,7 +137,7 @@ class EditModel:
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.pipeline().save_pretrained(path)
+        self.pipeline(meta).save_pretrained(path)
         (path / "trainer.json").write_text(json.dumps({**self.meta, **meta}, indent=1, default=str))
         write_model_card(path)
         return path
