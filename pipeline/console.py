@@ -24,6 +24,31 @@ from pathlib import Path
 RAY_LOG = "ray.log"
 WORKER_LOG = "ray_workers.log"
 _WARN = re.compile(r"\b(WARNING|ERROR|CRITICAL|Traceback)\b")
+# Our own warnings in an actor (the LLM server is down, a batch ran out of memory and was halved)
+# carry this prefix, so the driver shows them on the terminal as well as in ray_workers.log: they
+# say why a job is slow or stopping, which is what a calm console must still say.
+WORKER_PREFIX = "[pairforge] "
+
+
+def setup_worker_logging() -> None:
+    """In a Ray worker process: our logger's warnings to stderr (forwarded to the driver by Ray)
+    with ``WORKER_PREFIX``. A no-op anywhere else (the driver logs through the CLI's handlers)."""
+    try:
+        import ray
+        from ray._private import worker as W
+        if not ray.is_initialized() or W.global_worker.mode != W.WORKER_MODE:
+            return
+    except Exception:
+        return
+    lg = logging.getLogger("pairforge")
+    if any(getattr(h, "_pairforge_worker", False) for h in lg.handlers):
+        return
+    h = logging.StreamHandler(sys.stderr)
+    h._pairforge_worker = True
+    h.setLevel(logging.WARNING)
+    h.setFormatter(logging.Formatter(WORKER_PREFIX + "%(message)s"))
+    lg.addHandler(h)
+    lg.propagate = False            # not twice (Python's last-resort handler would print it bare)
 
 
 class _TqdmHandler(logging.Handler):
@@ -110,9 +135,22 @@ class Console:
                     logging.getLogger("pairforge").warning(
                         "Ray killed workers for memory pressure (they are retried; details in %s)",
                         self.log_dir / WORKER_LOG)
+                ours = ln.startswith(WORKER_PREFIX)
+                if ours:
+                    ln = ln[len(WORKER_PREFIX):]
+                    self._echo(ln)
                 self._worker_file.write(f"({who + ' ' if who else ''}pid={data.get('pid')}) {ln}\n")
                 self.worker_lines += 1
-                self.worker_warnings += bool(_WARN.search(ln))
+                self.worker_warnings += ours or bool(_WARN.search(ln))
+
+    def _echo(self, line: str) -> None:
+        """An actor's warning of ours on the terminal, above the progress display."""
+        import time
+        from tqdm import tqdm
+        try:
+            tqdm.write(f"{time.strftime('%H:%M:%S')} pairforge: {line}", file=self.stream)
+        except Exception:
+            pass
 
     def __exit__(self, *exc) -> None:
         if not self.enabled:

@@ -25,6 +25,8 @@ def test_fd2_and_worker_lines_go_to_logs_our_lines_to_the_console(tmp_path):
             c._worker_lines({{"pid": 42, "actor_name": "MapWorker(FilterStage)", "lines": ["WARNING filter: slow", "ok"]}})
             c._worker_lines({{"pid": "autoscaler", "lines": ["Resources", "---", "Usage: 1/2 CPU"]}})
             c._worker_lines({{"pid": "raylet", "lines": ["(raylet) 2 Workers killed due to memory pressure (OOM)"]}})
+            c._worker_lines({{"pid": 43, "actor_name": "MapWorker(InstructStage)",
+                              "lines": ["[pairforge] instruct: waiting for the LLM server"]}})
             print("counts", c.worker_lines, c.worker_warnings, c.oom_notes, file=c.stream)
         print("after the job", file=sys.stderr)
     """)
@@ -35,13 +37,41 @@ def test_fd2_and_worker_lines_go_to_logs_our_lines_to_the_console(tmp_path):
     for noise in ("C++ line", "python line", "child of the job", "MapWorker", "Usage"):
         assert noise not in console
     assert "pairforge: our milestone" in console and "after the job" in console
-    assert "counts 3 1 1" in console                           # 2 actor lines + the raylet's; 1 warning
+    assert "counts 4 2 1" in console                           # 3 actor lines + the raylet's; 2 warnings
+    # our own warning from an actor (why the job waits) is on the terminal too, without the prefix
+    assert "pairforge: instruct: waiting for the LLM server" in console and "[pairforge]" not in console
     assert "Ray killed workers for memory pressure" in console   # the one Ray notice worth a line
     ray_log = (tmp_path / RAY_LOG).read_text()
     for line in ("C++ line", "python line", "child of the job", "our milestone"):
         assert line in ray_log
     workers = (tmp_path / WORKER_LOG).read_text()
     assert "(MapWorker(FilterStage) pid=42) WARNING filter: slow" in workers and "Usage" not in workers
+    assert "(MapWorker(InstructStage) pid=43) instruct: waiting for the LLM server" in workers
+
+
+def test_worker_logging_prefixes_our_warnings_only_inside_a_ray_worker():
+    import logging
+
+    from pipeline.console import WORKER_PREFIX, setup_worker_logging
+    lg = logging.getLogger("pairforge")
+    before = list(lg.handlers)
+    setup_worker_logging()                       # not a Ray worker: nothing changes
+    assert lg.handlers == before
+    code = textwrap.dedent("""
+        import logging, ray
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+        @ray.remote
+        def f():
+            from pipeline.console import setup_worker_logging
+            setup_worker_logging(); setup_worker_logging()     # once, however often it is called
+            lg = logging.getLogger("pairforge")
+            return [h.formatter._fmt for h in lg.handlers], lg.propagate
+        print(ray.get(f.remote()))
+    """)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert f"([{WORKER_PREFIX + '%(message)s'!r}], False)" in p.stdout, p.stdout
 
 
 def test_disabled_console_redirects_nothing(tmp_path):

@@ -36,6 +36,8 @@ class Stage:
     resources_key: ClassVar[str]        # field of JobConfig.stages with this stage's actor pool
 
     def __init__(self, cfg: dict):
+        from pipeline.console import setup_worker_logging
+        setup_worker_logging()          # in an actor: our warnings reach the driver's terminal
         self.cfg = JobConfig.model_validate(cfg)
         self.setup()
 
