@@ -55,7 +55,10 @@ class RewriteConfig(_Strict):
     train_on: Literal["agent", "rewrite"] = Field("agent", description="Which instruction goes into the `instruction` "
                                                   "column, the one the trainer reads by default: the agent's, or the "
                                                   "judge's rewrite where it wrote a valid one.")
-    max_tokens: int = Field(60, ge=8, le=1024, description="Completion token limit of a rewrite.")
+    max_tokens: int = Field(200, ge=32, le=1024, description="Completion token limit of a rewrite. The schema caps "
+                            "the instruction at max_tokens − 16 characters (and llm.max_instruction_chars), so "
+                            "guided decoding can always close the JSON before the limit: a token is at least one "
+                            "character.")
 
 
 class JudgeConfig(_Strict):

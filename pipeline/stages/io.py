@@ -90,4 +90,4 @@ def save_calibration(batch: pa.Table, *, out: str) -> pa.Table:
     buf = io.BytesIO()
     pq.write_table(batch.cast(FLOW_SCHEMA), buf, compression="zstd")
     Store(out).write_bytes(f"{CALIBRATION_DIR}/{uuid.uuid4().hex}.parquet", buf.getvalue(), durable=False)
-    return batch.select(["task", "final_task", "candidates_report"])
+    return batch.select(["task", "final_task", "candidates_report", "judge"])   # judge: its calibration

@@ -131,7 +131,9 @@ class JudgeStage(Stage):
         if not jobs:
             return
         jc, llm = self.jc, self.cfg.llm
-        schema = rewrite_schema(llm.max_instruction_chars)
+        # a babbling model's string must end before max_tokens, or the answer is cut mid-string
+        # (the embedded random-weight judge did that to half its rewrites with a 60-token limit)
+        schema = rewrite_schema(min(llm.max_instruction_chars, jc.rewrite.max_tokens - 16))
         reqs = [ChatRequest(messages=rewrite_messages(j["in"], j["out"]), seed=j["seed"], temperature=jc.temperature,
                             top_p=1.0, max_tokens=jc.rewrite.max_tokens, json_schema=schema) for j in jobs]
         for j, rq, res in zip(jobs, reqs, self._ask(reqs)):
