@@ -87,7 +87,12 @@ def save_calibration(batch: pa.Table, *, out: str) -> pa.Table:
     main pass only has to judge them, not make them again; the driver gets each row's task and
     candidate scores, nothing else."""
     import io
+    batch = batch.cast(FLOW_SCHEMA)
+    # the judge's calibration verdict goes to the driver only: the main pass filters these rows for
+    # real and judges the ones that pass again (its answers are cached), so a row the filters
+    # reject carries no stale verdict
+    saved = batch.set_column(batch.schema.get_field_index("judge"), "judge", pa.nulls(batch.num_rows, pa.string()))
     buf = io.BytesIO()
-    pq.write_table(batch.cast(FLOW_SCHEMA), buf, compression="zstd")
+    pq.write_table(saved, buf, compression="zstd")
     Store(out).write_bytes(f"{CALIBRATION_DIR}/{uuid.uuid4().hex}.parquet", buf.getvalue(), durable=False)
-    return batch.select(["task", "final_task", "candidates_report", "judge"])   # judge: its calibration
+    return batch.select(["task", "final_task", "candidates_report", "judge"])
