@@ -25,13 +25,15 @@ Deterministic: same seed, same LM folder -> same weights (checked by the sha256 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from convert_gguf import sha256  # noqa: E402  (the same streamed file hash as the LLM folder's)
 
 IMAGE_TOKEN = "<image>"
 IMAGE_TOKENS = ["<fake_token_around_image>", IMAGE_TOKEN, "<end_of_utterance>", "<global-img>"] + [
@@ -42,12 +44,6 @@ SCALE_FACTOR = 2        # ... pixel-shuffled 2x2 into 16 tokens per image (cheap
 IMAGE_SEQ_LEN = (IMAGE_SIZE // PATCH_SIZE) ** 2 // SCALE_FACTOR ** 2
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def build(lm_dir: Path, out: Path, seed: int) -> dict:

@@ -109,10 +109,9 @@ def verify(out) -> list[str]:
 _BITS = {"data": 1, "rejects": 2, "candidates": 4}
 
 
-def _check_candidates(store, f: dict, schema, k: int, N: int, samples) -> list[str]:
-    """candidates/ file of shard k: existence, sha256, schema, row count; every row a distinct
-    (sample index, candidate) of a sample of this shard (of ``samples`` when the shard's rows are all
-    stored), never the candidate that was kept."""
+def _check_parquet(store, f: dict, schema, what: str, rows) -> list[str]:
+    """One committed Parquet file: existence, sha256 (streamed), footer schema and row count; then
+    ``rows(pf)``, the file's own row checks, as messages. A file that cannot be read is a finding."""
     path = f["path"]
     if not store.exists(path):
         return [f"{path}: missing"]
@@ -123,24 +122,37 @@ def _check_candidates(store, f: dict, schema, k: int, N: int, samples) -> list[s
         with store.open_input(path) as fh:
             pf = pq.ParquetFile(fh)
             if not pf.schema_arrow.equals(schema, check_metadata=True):
-                problems.append(f"{path}: schema differs from the candidate schema")
+                problems.append(f"{path}: schema differs from the {what} schema")
             if pf.metadata.num_rows != f["rows"]:
                 problems.append(f"{path}: {pf.metadata.num_rows} rows, manifest says {f['rows']}")
-            seen, bad = set(), []
-            for batch in pf.iter_batches(batch_size=1024, columns=["sample_index", "candidate", "selected"]):
-                for i, c, sel in zip(*(batch.column(n).to_pylist() for n in ("sample_index", "candidate", "selected"))):
-                    if (i, c) in seen:
-                        bad.append(f"candidate {c} of sample {i} appears twice")
-                    seen.add((i, c))
-                    if not k * N <= i < (k + 1) * N or (samples is not None and i not in samples):
-                        bad.append(f"sample {i} is not a sample of shard {k}")
-                    if c == sel:
-                        bad.append(f"candidate {c} of sample {i} is the kept one (it belongs in data/ or rejects/)")
-            if bad:
-                problems.append(f"{path}: {bad[0]}" + (f" (and {len(bad) - 1} more rows)" if len(bad) > 1 else ""))
+            problems += [f"{path}: {m}" for m in rows(pf)]
     except Exception as ex:  # corrupt parquet of any kind is a finding, not a crash
         problems.append(f"{path}: unreadable: {type(ex).__name__}: {ex}")
     return problems
+
+
+def _first(bad: list[str]) -> list[str]:
+    """One line per file and kind of problem, not per row: the first example and the count."""
+    return [bad[0] + (f" (and {len(bad) - 1} more rows)" if len(bad) > 1 else "")] if bad else []
+
+
+def _check_candidates(store, f: dict, schema, k: int, N: int, samples) -> list[str]:
+    """candidates/ file of shard k: the file checks; every row a distinct (sample index, candidate)
+    of a sample of this shard (of ``samples`` when the shard's rows are all stored), never the
+    candidate that was kept."""
+    def rows(pf) -> list[str]:
+        seen, bad = set(), []
+        for batch in pf.iter_batches(batch_size=1024, columns=["sample_index", "candidate", "selected"]):
+            for i, c, sel in zip(*(batch.column(n).to_pylist() for n in ("sample_index", "candidate", "selected"))):
+                if (i, c) in seen:
+                    bad.append(f"candidate {c} of sample {i} appears twice")
+                seen.add((i, c))
+                if not k * N <= i < (k + 1) * N or (samples is not None and i not in samples):
+                    bad.append(f"sample {i} is not a sample of shard {k}")
+                if c == sel:
+                    bad.append(f"candidate {c} of sample {i} is the kept one (it belongs in data/ or rejects/)")
+        return _first(bad)
+    return _check_parquet(store, f, schema, "candidate", rows)
 
 
 def _shard_of(name: str) -> int | None:
@@ -164,44 +176,29 @@ def _stage_times_problem(times: list[dict]) -> str | None:
 
 
 def _check_file(store, f: dict, sub: str, seed, expected_schema, tasks: Counter, indices: Counter) -> list[str]:
-    """One committed file: existence, sha256 (streamed), footer schema and row count, then the
-    small columns a record batch at a time. Counts rows per task and sample index into the args."""
-    path = f["path"]
-    if not store.exists(path):
-        return [f"{path}: missing"]
-    problems = []
-    if sha256_file(path, store) != f["sha256"]:
-        problems.append(f"{path}: sha256 mismatch (file changed or corrupt)")
+    """One committed data/rejects file: the file checks, then the small columns a record batch at a
+    time. Counts rows per task and sample index into the args."""
     want_status = "accepted" if sub == "data" else "rejected"
-    try:
-        with store.open_input(path) as fh:
-            pf = pq.ParquetFile(fh)
-            if not pf.schema_arrow.equals(expected_schema, check_metadata=True):
-                problems.append(f"{path}: schema differs from the record schema")
-            if pf.metadata.num_rows != f["rows"]:
-                problems.append(f"{path}: {pf.metadata.num_rows} rows, manifest says {f['rows']}")
-            bad_status, bad_id, bad_time, bad_judge = [], [], [], []   # (count, first example): one line per file, not per row
-            for batch in pf.iter_batches(batch_size=1024, columns=COLUMNS):
-                for r in batch.to_pylist():
-                    planned = (r["provenance"] or {}).get("planned_task") or r["task"]   # reassigned samples
-                    tasks[r["task"]] += 1
-                    indices[r["sample_index"]] += 1
-                    if r["status"] != want_status:
-                        bad_status.append(f"row {r['id']} has status {r['status']!r}")
-                    if seed is not None and sample_id(seed, r["source_id"], planned, r["attempt"]) != r["id"]:
-                        bad_id.append(f"id {r['id']} does not match its (seed, source, task, attempt)")
-                    why = _stage_times_problem(r.get("stage_times") or [])
-                    if why:
-                        bad_time.append(f"row {r['id']} stage_times: {why}")
-                    why = _judge_problem(r)
-                    if why:
-                        bad_judge.append(f"row {r['id']}: {why}")
-            for bad in (bad_status, bad_id, bad_time, bad_judge):
-                if bad:
-                    problems.append(f"{path}: {bad[0]}" + (f" (and {len(bad) - 1} more rows)" if len(bad) > 1 else ""))
-    except Exception as ex:  # corrupt parquet of any kind is a finding, not a crash
-        problems.append(f"{path}: unreadable: {type(ex).__name__}: {ex}")
-    return problems
+
+    def rows(pf) -> list[str]:
+        bad_status, bad_id, bad_time, bad_judge = [], [], [], []
+        for batch in pf.iter_batches(batch_size=1024, columns=COLUMNS):
+            for r in batch.to_pylist():
+                planned = (r["provenance"] or {}).get("planned_task") or r["task"]   # reassigned samples
+                tasks[r["task"]] += 1
+                indices[r["sample_index"]] += 1
+                if r["status"] != want_status:
+                    bad_status.append(f"row {r['id']} has status {r['status']!r}")
+                if seed is not None and sample_id(seed, r["source_id"], planned, r["attempt"]) != r["id"]:
+                    bad_id.append(f"id {r['id']} does not match its (seed, source, task, attempt)")
+                why = _stage_times_problem(r.get("stage_times") or [])
+                if why:
+                    bad_time.append(f"row {r['id']} stage_times: {why}")
+                why = _judge_problem(r)
+                if why:
+                    bad_judge.append(f"row {r['id']}: {why}")
+        return [m for bad in (bad_status, bad_id, bad_time, bad_judge) for m in _first(bad)]
+    return _check_parquet(store, f, expected_schema, "record", rows)
 
 
 def _judge_problem(r: dict) -> str | None:
