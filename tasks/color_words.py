@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import re
 
+from tasks.removal_words import asks_removal
+
 OP_EFFECT = {"brightness": "brightness", "contrast": "contrast", "saturation": "saturation", "hue": "hue",
              "gaussian_blur": "blur", "defocus": "blur", "sharpen": "sharpness"}
 
@@ -67,6 +69,11 @@ def color_instruction_issue(instruction: str, ops: list[dict]) -> tuple[str, str
         return "color_op_missing", f"the pair's {', '.join(sorted(missing))} change is not asked for"
     if extra:
         return "color_op_unplanned", f"asks for {', '.join(sorted(extra))}, which the pair does not change"
+    # blur and sharpness are each other's undoing: "eliminate the out-of-focus part" asks for the
+    # opposite of a defocus, "remove the detail" the opposite of a sharpening
+    if planned <= {"blur", "sharpness"} and asks_removal(instruction):
+        return "color_wrong_direction", (f"the pair adds {', '.join(sorted(planned))}; the instruction asks "
+                                         "to remove it")
     for o in ops:
         if o.get("op") == "brightness" and isinstance(o.get("factor"), (int, float)):
             wrong = _BRIGHT_DOWN if o["factor"] > 1 else _BRIGHT_UP

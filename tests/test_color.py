@@ -377,6 +377,10 @@ def test_instruction_must_ask_for_exactly_the_planned_effects(task):
         (blur, "Make the tissue image more vivid.", "color_op_missing"),
         (darker, "Make it brighter and a little out of focus.", "color_wrong_direction"),
         (darker, "Make it darker.", "color_op_missing"),
+        # an accepted pair of a judged job: a defocus whose instruction asks to undo the blur
+        ({"ops": [{"op": "defocus", "radius": 4, "phrase": "x"}]},
+         "Eliminate the out-of-focus part of the photo so it is much clearer", "color_wrong_direction"),
+        (sharpen, "Remove the fine detail from the membranes.", "color_wrong_direction"),
         (sharpen, "Sharpen the details of the cell membranes.", None),
         (blur, "Add a slight blur.", None),
         (darker, "Darken the slide and throw it slightly out of focus.", None),
